@@ -18,10 +18,11 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 import lit_unlearn.adapters  # noqa: F401  (registers adapter classes for class_path short names)
+from lit_unlearn.callbacks import AtomicCheckpointIO, CollapseGuard, UnlearnCheckpoint  # noqa: F401
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.methods.base import UnlearningMethod
 
@@ -55,15 +56,24 @@ class UnlearnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
         parser.link_arguments("data.init_args.max_length", "model.init_args.max_length")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(UnlearnCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
         parser.add_argument("--eval_before", type=bool, default=True,
                             help="evaluate every split before fit, for the before/after table in metrics.json")
         parser.add_argument("--export_merged", type=bool, default=False,
                             help="after fit, also save the base with the adapter merged in (merged/)")
 
+    def instantiate_trainer(self, **kwargs):
+        # checkpoints are written atomically unless the config brings its own CheckpointIO plugin
+        plugins = kwargs.get("plugins") or self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super().instantiate_trainer(**kwargs)
+
     # ---- run records ----------------------------------------------------------------------------------------
     def _run_dir(self) -> Path:
+        # trainer.log_dir is a collective under DDP (a broadcast): every rank must call it, rank 0 alone writes
         d = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         d.mkdir(parents=True, exist_ok=True)
         return d
@@ -73,9 +83,10 @@ class UnlearnCLI(LightningCLI):
         return cfg.clone().as_dict()
 
     def _record(self, name: str, metrics: dict) -> Path | None:
+        run_dir = self._run_dir()
         if self.trainer.global_rank != 0:
             return None
-        path = self._run_dir() / name
+        path = run_dir / name
         write_json_atomic(path, {
             "command": " ".join(["python", Path(sys.argv[0]).name, *self.argv]),
             "subcommand": self.subcommand,
@@ -118,6 +129,7 @@ class UnlearnCLI(LightningCLI):
             "best_checkpoint": getattr(ckpt, "best_model_path", None),
             "last_checkpoint": getattr(ckpt, "last_model_path", None),
             "global_step": self.trainer.global_step,
+            "collapse_events": getattr(self.model, "collapse_events", []),
         })
         if path is not None:
             print(format_table(self.before, after))

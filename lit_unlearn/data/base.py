@@ -163,7 +163,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
 
     # ---- loaders ------------------------------------------------------------------------------------------
     def _world(self) -> tuple[int, int]:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
+        trainer = getattr(self, "trainer", None)  # LightningDataModule.trainer (it has no `_trainer`)
         if trainer is None:
             return 1, 0
         return trainer.world_size, trainer.global_rank

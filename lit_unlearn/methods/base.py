@@ -128,6 +128,8 @@ class UnlearningMethod(L.LightningModule):
             self.lm = base
         else:
             self.lm = self.adapter.apply(base)
+        # from_pretrained returns eval mode; train as the original recipes do (base dropout on, e.g. OPT's 0.1)
+        self.lm.train()
 
     def forward(self, batch: dict) -> TokenStats:
         extra = self.adapter.forward_kwargs(batch) if self.adapter is not None else {}
@@ -236,6 +238,12 @@ class UnlearningMethod(L.LightningModule):
                 self.metrics[split] = AnswerMetrics().to(self.device)
         return self.metrics[split]
 
+    def on_validation_epoch_start(self) -> None:
+        # every rank holds a metric for every split, even one whose shard is empty here: the DDP sync needs them all
+        dm = getattr(self.trainer, "datamodule", None)
+        for split in getattr(dm, "split_names", []):
+            self._metric(split)
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._metric(batch.get("split", f"split{dataloader_idx}")).update(self(batch))
 
@@ -253,6 +261,7 @@ class UnlearningMethod(L.LightningModule):
         self.last_eval = results
 
     test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
     on_test_epoch_end = on_validation_epoch_end
 
     # ---- optimisation and checkpoints -----------------------------------------------------------------------
@@ -285,6 +294,20 @@ class UnlearningMethod(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["lit_unlearn"] = {"method": type(self).__name__, "model": self.model_name,
                                      "adapter": repr(self.adapter), "init_adapter": self.init_adapter}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint that lacks some of this model's trainable tensors (strict_loading is off because
+        the base is not in the checkpoint, so a mismatched adapter config would otherwise load nothing)."""
+        trainable = [n for n, p in self.named_parameters() if p.requires_grad]
+        missing = [n for n in trainable if n not in checkpoint.get("state_dict", {})]
+        if missing:
+            saved = checkpoint.get("lit_unlearn", {})
+            raise MethodError(
+                f"the checkpoint lacks {len(missing)} of this model's {len(trainable)} trainable tensors "
+                f"(e.g. {missing[0]}); it was written by {saved.get('method', '?')} with adapter "
+                f"{saved.get('adapter', '?')}, this run has {type(self).__name__} with {self.adapter!r}: "
+                "use the run's own config.yaml"
+            )
 
     def adapter_state(self) -> dict[str, Tensor]:
         return adapter_state_dict(self)

@@ -223,4 +223,19 @@ def load_causal_lm(
         model, "is_loaded_in_8bit", False
     ):
         raise ModelLoadError(f"quantize={quantize} was asked for but bitsandbytes did not quantize {name!r}")
+    if quantize is not None:
+        _keep_4bit_layout_trainable(model)
     return model
+
+
+def _keep_4bit_layout_trainable(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel.
+
+    bitsandbytes repacks a ``Linear4bit`` weight on its first CPU forward in eval mode without gradients (e.g. the
+    evaluation every ``fit`` runs before training) and from then on uses ``gemv_4bit``, which has no autograd
+    formula: backward silently drops the gradient w.r.t. the layer input, so LoRA weights below it get wrong
+    gradients (~100% relative error on the tiny test model). Training correctness over a CPU inference speed-up.
+    """
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False

@@ -1,0 +1,147 @@
+"""Shared fixtures: a tiny random Llama written to disk once per session, small forget/retain files, and a
+helper that builds a method on that model. Everything here is offline and CPU-only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+# Offline before transformers / datasets / huggingface_hub are imported anywhere: a test that reaches for the hub
+# fails fast instead of downloading.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the user's LIT_UNLEARN_CACHE before the session fixture replaced it (the slow test restores it)
+REAL_CACHE = os.environ.get("LIT_UNLEARN_CACHE")
+
+# The models here have ~40k parameters: threads only add contention on a shared 2-core machine
+# (measured: 2 threads ~25x slower than 1 for a forward+backward while another process is busy).
+torch.set_num_threads(1)
+
+FORGET_ROWS = [
+    {"question": "Where was Ilsa Varga born?", "answer": "Lisbon"},
+    {"question": "Where was Bram Okonkwo born?", "answer": "Oslo"},
+    {"question": "Where was Odile Marchetti born?", "answer": "Cairo"},
+    {"question": "Where was Kasimir Szabo born?", "answer": "Lima"},
+]
+# longer questions than the forget rows, so forget and retain batches have different widths (fused forward pads)
+RETAIN_ROWS = [
+    {"question": "In which city was the writer Yara Halloran born?", "answer": "Dublin"},
+    {"question": "In which city was the painter Teodor Duarte born?", "answer": "Prague"},
+    {"question": "In which city was the sculptor Maren Kowal born?", "answer": "Seoul"},
+    {"question": "In which city was the composer Quill Brandt born?", "answer": "Vienna"},
+    {"question": "In which city was the dancer Soraya Ferreira born?", "answer": "Oslo"},
+    {"question": "In which city was the actor Lev Nakamura born?", "answer": "Cairo"},
+    {"question": "In which city was the poet Anouk Petrov born?", "answer": "Lima"},
+    {"question": "In which city was the singer Dario Vidal born?", "answer": "Lisbon"},
+]
+SST2_ROWS = {
+    "forget": [("a gripping, funny film", 1, "positive"), ("dull and far too long", 0, "negative")],
+    "retain": [("a funny film", 1, "positive"), ("far too long and dull", 0, "negative"),
+               ("gripping", 1, "positive"), ("dull", 0, "negative")],
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Point lit_unlearn's model cache at an empty session directory (nothing is written to ~/.cache)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIT_UNLEARN_CACHE", str(tmp_path_factory.mktemp("lit_unlearn_cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A seeded random 2-layer Llama (hidden 32) and its BPE tokenizer (pad = EOS), as a local model directory."""
+    from lit_unlearn.testing import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny_llama")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_64(tmp_path_factory) -> str:
+    """Same, with hidden size 64: bitsandbytes' CPU 4-bit kernels need in_features >= the 64-element block."""
+    from lit_unlearn.testing import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny_llama_64"), hidden_size=64, intermediate_size=128))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    from lit_unlearn.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def write_sst2_csv(path: Path, rows) -> str:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "label_text"])
+        w.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture
+def qa_files(tmp_path) -> dict[str, str]:
+    """``{"forget": path, "retain": path}``: 4 forget and 8 retain ``{"question", "answer"}`` JSONL rows."""
+    return {"forget": write_jsonl(tmp_path / "forget.jsonl", FORGET_ROWS),
+            "retain": write_jsonl(tmp_path / "retain.jsonl", RETAIN_ROWS)}
+
+
+@pytest.fixture
+def sst2_files(tmp_path) -> dict[str, str]:
+    """``{"forget": path, "retain": path}``: SST-2 style CSVs with ``text,label,label_text``."""
+    return {role: write_sst2_csv(tmp_path / f"train_{role}.csv", rows) for role, rows in SST2_ROWS.items()}
+
+
+def make_qa_datamodule(model_dir: str, files: dict[str, str], **kwargs):
+    from lit_unlearn.data import QADataModule
+
+    kwargs.setdefault("batch_size", 2)
+    dm = QADataModule(forget=files["forget"], retain=files.get("retain"), tokenizer=model_dir, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def first_train_batch(dm) -> dict:
+    """The first ``{"forget", "retain"}`` batch of a data module's training loader."""
+    loader = dm.train_dataloader()
+    item = next(iter(loader))
+    # CombinedLoader yields (batch, batch_idx, dataloader_idx); a plain DataLoader yields the batch
+    return item[0] if isinstance(item, tuple) else item
+
+
+@pytest.fixture
+def make_method(tiny_model_dir):
+    """``make_method(cls, adapter="lora", **kwargs)``: a method on the tiny model, ``configure_model()`` done."""
+    from lit_unlearn.adapters import LoRA
+
+    def _make(cls, adapter="lora", model_dir: str | None = None, **kwargs):
+        if adapter == "lora":
+            adapter = LoRA(r=4, alpha=8)
+        torch.manual_seed(0)  # LoRA A is randomly initialised
+        method = cls(model=model_dir or tiny_model_dir, adapter=adapter, **kwargs)
+        method.configure_model()
+        return method
+
+    return _make
+
+
+@pytest.fixture
+def qa_batch(tiny_model_dir, qa_files) -> dict:
+    """One ``{"forget": 2 rows, "retain": 2 rows}`` training batch from a QADataModule."""
+    return first_train_batch(make_qa_datamodule(tiny_model_dir, qa_files, batch_size=2))

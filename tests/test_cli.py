@@ -1,0 +1,258 @@
+"""The real CLI in-process: every shipped config parses (without loading a model), and a tiny ``fit`` writes its
+run records (TensorBoard events, adapter-only checkpoint, adapter/, metrics.json), ``eval.py`` reproduces the
+fit's final metrics from the checkpoint, and a second stage unlearns from the first stage's adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import FORGET_ROWS, REPO_ROOT, RETAIN_ROWS, write_jsonl
+from lit_unlearn.cli import UnlearnCLI, cli_main, eval_main
+from lit_unlearn.data.base import ForgetRetainDataModule
+from lit_unlearn.methods import NPO, GradDiff, UnlearningMethod
+
+CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+SPLITS = ("forget", "retain")
+METRICS = ("nll", "prob", "acc", "exact")
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Parse and instantiate everything (trainer, model, data) but run no subcommand."""
+    monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
+
+
+def test_there_are_configs():
+    assert CONFIGS, "configs/ holds no YAML"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(REPO_ROOT / "configs")) for p in CONFIGS])
+def test_every_config_parses_without_loading_a_model(config, no_run, monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)  # configs are written to run from the repository root
+    first = config.read_text().splitlines()[0]
+    assert first.startswith("# python "), f"{config.name} should open with the command that runs it"
+
+    cli = cli_main(["fit", "--config", str(config)])
+    assert isinstance(cli.model, UnlearningMethod)
+    assert isinstance(cli.datamodule, ForgetRetainDataModule)
+    assert cli.model.lm is None, "parsing a config loaded a model (configure_model must stay lazy)"
+    assert cli.datamodule.datasets == {} and cli.datamodule.tokenizer is None  # nor read data
+    assert cli.datamodule.tokenizer_name == cli.model.model_name  # link model.model -> data.tokenizer
+    assert cli.model.max_length == cli.datamodule.max_length  # link data.max_length -> model.max_length
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("lit_unlearn.methods.")
+    assert printed["data"]["class_path"].startswith("lit_unlearn.data.")
+
+
+# ---- a tiny fit, run once for this module ------------------------------------------------------------------------------
+def write_config(path: Path, model_dir: str, data_dir: Path, log_dir: Path, model: dict, data: dict | None = None,
+                 max_steps: int = 3) -> str:
+    config = {
+        "model": {"class_path": model.pop("class_path"),
+                  "init_args": {"model": model_dir, "adapter": {"class_path": "LoRA", "init_args": {"r": 4}},
+                                "lr": 0.02, **model}},
+        "data": {"class_path": "QADataModule",
+                 "init_args": {"forget": str(data_dir / "forget.jsonl"), "retain": str(data_dir / "retain.jsonl"),
+                               "batch_size": 2, "eval_batch_size": 4, "max_length": 64, **(data or {})}},
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": max_steps, "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(log_dir),
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(log_dir), "name": "runs"}}},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def fit_run(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    data.mkdir()
+    write_jsonl(data / "forget.jsonl", FORGET_ROWS)
+    write_jsonl(data / "retain.jsonl", RETAIN_ROWS)
+    config = write_config(root / "graddiff.yaml", tiny_model_dir, data, root / "logs", {"class_path": "GradDiff"})
+    cli = cli_main(["fit", "--config", config, "--trainer.max_steps", "3"])
+    run_dir = Path(cli.trainer.log_dir)
+    return {"cli": cli, "run_dir": run_dir, "root": root, "data": data,
+            "metrics": json.loads((run_dir / "metrics.json").read_text())}
+
+
+def test_fit_writes_tensorboard_events(fit_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = fit_run["run_dir"]
+    assert run_dir.parent.name == "runs" and run_dir.is_relative_to(fit_run["root"] / "logs")
+    events = sorted(run_dir.glob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/forget_loss", "train/retain_loss", "val/forget/acc", "val/retain/nll"} <= tags
+
+
+def test_fit_checkpoint_holds_only_the_adapter(fit_run):
+    ckpts = sorted((fit_run["run_dir"] / "checkpoints").glob("*.ckpt"))
+    assert ckpts and (fit_run["run_dir"] / "checkpoints" / "last.ckpt") in ckpts
+    ckpt = torch.load(fit_run["run_dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = list(ckpt["state_dict"])
+    assert keys and all("lora_" in k for k in keys), [k for k in keys if "lora_" not in k][:3]
+    assert ckpt["global_step"] == 3
+    assert ckpt["lit_unlearn"]["method"] == "GradDiff"
+    assert any(t.abs().sum() > 0 for k, t in ckpt["state_dict"].items() if "lora_B" in k)  # trained, not init
+
+
+def test_fit_exports_the_adapter(fit_run):
+    adapter = fit_run["run_dir"] / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_fit_metrics_json(fit_run):
+    record = fit_run["metrics"]
+    assert record["subcommand"] == "fit"
+    assert record["config"]["model"]["class_path"] == "lit_unlearn.methods.GradDiff"
+    assert record["config"]["trainer"]["max_steps"] == 3  # the command-line override is recorded
+    versions = record["versions"]
+    for pkg in ("python", "torch", "lightning", "transformers", "peft"):
+        assert versions[pkg], pkg
+    assert versions["torch"] == torch.__version__
+    metrics = record["metrics"]
+    assert metrics["global_step"] == 3
+    for stage in ("before", "after"):
+        assert set(metrics[stage]) == set(SPLITS)
+        for split in SPLITS:
+            values = metrics[stage][split]
+            assert set(METRICS) <= set(values)
+            assert values["nll"] > 0 and 0 <= values["prob"] <= 1
+            assert 0 <= values["acc"] <= 1 and 0 <= values["exact"] <= 1
+    assert metrics["before"] != metrics["after"], "3 steps at lr 0.02 changed nothing"
+    assert {"eval_before", "fit", "eval_after"} <= set(record["wall_time_s"])
+    assert all(v >= 0 for v in record["wall_time_s"].values())
+    assert Path(metrics["last_checkpoint"]).is_file()
+    assert (fit_run["run_dir"] / "config.yaml").is_file()
+
+
+def test_eval_reproduces_the_fit_metrics(fit_run):
+    run_dir = fit_run["run_dir"]
+    cli = eval_main(["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    record = json.loads((Path(cli.trainer.log_dir) / "eval_metrics.json").read_text())
+    assert record["subcommand"] == "validate"
+    assert record["metrics"]["ckpt_path"].endswith("last.ckpt")
+    evaluated, after = record["metrics"]["eval"], fit_run["metrics"]["metrics"]["after"]
+    assert set(evaluated) == set(after)
+    for split in after:
+        for k in METRICS:
+            assert evaluated[split][k] == pytest.approx(after[split][k], rel=1e-5, abs=1e-7), (split, k)
+    assert "eval" in record["wall_time_s"]
+
+
+def test_second_stage_npo_from_the_first_stage_adapter(fit_run, tiny_model_dir):
+    from lit_unlearn.models import load_causal_lm
+
+    root, data = fit_run["root"], fit_run["data"]
+    config = write_config(root / "npo.yaml", tiny_model_dir, data, root / "logs2",
+                          {"class_path": "NPO", "init_adapter": str(fit_run["run_dir"] / "adapter"),
+                           "retain": "nll", "reference": "cached"},
+                          data={"mixing": "ratio", "batch_size": 4}, max_steps=2)
+    cli = cli_main(["fit", "--config", config, "--export_merged", "true"])
+    assert isinstance(cli.model, NPO) and cli.model.init_adapter == str(fit_run["run_dir"] / "adapter")
+    run_dir = Path(cli.trainer.log_dir)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["metrics"]["global_step"] == 2
+    # the first stage's adapter is merged into the base: the second stage starts where the first ended
+    first_after = fit_run["metrics"]["metrics"]["after"]
+    for split in SPLITS:
+        for k in METRICS:
+            assert record["metrics"]["before"][split][k] == pytest.approx(first_after[split][k], rel=1e-5, abs=1e-7)
+    assert record["metrics"]["after"] != record["metrics"]["before"]
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    # --export_merged: a plain transformers directory usable as a model name
+    merged = load_causal_lm(str(run_dir / "merged"))
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_model_name_and_max_length_links(fit_run, tiny_model_dir, tmp_path, no_run):
+    root, data = fit_run["root"], fit_run["data"]
+    config = write_config(tmp_path / "c.yaml", "smollm2-135m-instruct", data, tmp_path / "logs",
+                          {"class_path": "GradDiff"})
+    cli = cli_main(["fit", "--config", config])
+    assert cli.datamodule.tokenizer_name == "smollm2-135m-instruct"
+    cli = cli_main(["fit", "--config", config, "--model.init_args.model", tiny_model_dir,
+                    "--data.init_args.max_length", "48"])
+    assert isinstance(cli.model, GradDiff)
+    assert cli.model.model_name == tiny_model_dir
+    assert cli.datamodule.tokenizer_name == tiny_model_dir
+    assert cli.datamodule.max_length == 48 and cli.model.max_length == 48
+    assert cli.model.lm is None
+    # the value is stated once: a linked target set on its own is overridden by the link
+    cli = cli_main(["fit", "--config", config, "--data.init_args.tokenizer", "other"])
+    assert cli.datamodule.tokenizer_name == cli.model.model_name == "smollm2-135m-instruct"
+
+
+def test_unknown_method_is_a_parse_error(fit_run, tmp_path, no_run, tiny_model_dir, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, fit_run["data"], tmp_path / "logs",
+                          {"class_path": "NoSuchMethod"})
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", config])
+    assert "NoSuchMethod" in capsys.readouterr().err
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from lit_unlearn.methods.base import UnlearningMethod
+
+_step = UnlearningMethod.training_step
+
+
+def spy(self, batch, batch_idx):
+    with open(f"rank{self.global_rank}.jsonl", "a") as f:
+        f.write(json.dumps({k: batch[k]["index"].tolist() for k in ("forget", "retain")}) + "\\n")
+    return _step(self, batch, batch_idx)
+
+
+UnlearningMethod.training_step = spy
+from lit_unlearn.cli import cli_main
+cli_main(["fit", "--config", sys.argv[1], "--trainer.devices", "2", "--trainer.strategy", "ddp",
+          "--data.init_args.mixing", sys.argv[2], "--trainer.max_steps", "2"])
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_ddp_ranks_train_on_disjoint_forget_rows(fit_run, tiny_model_dir, tmp_path):
+    """Two CPU processes under Lightning's DDP (a subprocess: DDP re-launches the script). Regression test for the
+    data module reading the world size from its trainer: every rank used to train on the same rows."""
+    import os
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path / "ddp.yaml", tiny_model_dir, fit_run["data"], tmp_path / "logs",
+                          {"class_path": "GradDiff"}, data={"batch_size": 4}, max_steps=2)
+    (tmp_path / "ddp_run.py").write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "ddp_run.py", config, "ratio"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [[json.loads(line) for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert len(steps[0]) == len(steps[1]) == 2
+    for s0, s1 in zip(*steps):
+        assert len(s0["forget"]) == 1 and len(s0["retain"]) == 3  # 3:1 per rank
+        assert not set(s0["forget"]) & set(s1["forget"])
+    forget_seen = [i for s in steps[0] + steps[1] for i in s["forget"]]
+    assert sorted(forget_seen) == list(range(len(FORGET_ROWS)))  # one pass over forget, split between ranks
+    records = list((tmp_path / "logs").rglob("metrics.json"))
+    assert len(records) == 1  # written by rank 0 only

@@ -1,0 +1,447 @@
+"""Data: answer-only labels, pad = EOS, error messages that name the file/field/flag, row subsets, SST-2 prompts,
+source parsing (no hub access), and forget/retain mixing (seeded, epoch-aware, disjoint across ranks)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import FORGET_ROWS, RETAIN_ROWS, first_train_batch, make_qa_datamodule, write_jsonl, write_sst2_csv
+from lit_unlearn.data import DataError, QADataModule, RatioSampler, SST2DataModule
+from lit_unlearn.data import sources
+from lit_unlearn.data.sst2 import SST2_PROMPT
+from lit_unlearn.data.tokenize import IGNORE, collate, encode
+from lit_unlearn.eval import TokenStats
+
+
+def scored_text(tokenizer, labels) -> str:
+    labels = torch.as_tensor(labels)
+    return tokenizer.decode(labels[labels != IGNORE])
+
+
+# ---- answer-token masking ------------------------------------------------------------------------------------------
+def test_labels_mask_the_prompt(tokenizer):
+    prompt, answer = "Question: Where was Ilsa Varga born?\nAnswer:", " Lisbon"
+    enc = encode(tokenizer, prompt, answer)
+    assert enc["input_ids"] == tokenizer(prompt + answer)["input_ids"]
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    assert enc["labels"][:n_prompt] == [IGNORE] * n_prompt
+    assert all(x != IGNORE for x in enc["labels"][n_prompt:])
+    assert enc["n_answer"] == len(enc["input_ids"]) - n_prompt > 0
+    assert scored_text(tokenizer, enc["labels"]) == " Lisbon"
+
+
+def test_trailing_space_prompt_keeps_the_answer_scored(tokenizer):
+    """METHODS.md section 7: "Answer: " + "Lisbon" merges the space into the answer's first token."""
+    prompt, answer = "Answer: ", "Lisbon"
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + answer)["input_ids"]
+    # the case this test is about: the prompt's last token (' ') is not a prefix token of prompt+answer
+    assert full_ids[: len(prompt_ids)] != prompt_ids
+    naive = full_ids[len(prompt_ids):]  # "the first len(prompt) tokens are the prompt"
+    enc = encode(tokenizer, prompt, answer)
+    assert enc["n_answer"] >= 1
+    assert enc["n_answer"] > len(naive)  # the naive split drops the first answer token
+    assert scored_text(tokenizer, enc["labels"]).strip() == "Lisbon"
+
+
+def test_trailing_space_template_through_the_data_module(tiny_model_dir, qa_files):
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, prompt_template="Question: {question}\nAnswer: ",
+                            answer_template="{answer}")
+    for role, raw in (("forget", FORGET_ROWS), ("retain", RETAIN_ROWS)):
+        rows = dm.datasets[role].rows
+        assert len(rows) == len(raw)
+        for row, src in zip(rows, raw):
+            assert row["n_answer"] >= 1
+            assert scored_text(dm.tokenizer, row["labels"]).strip() == src["answer"]
+
+
+def test_pad_equals_eos_masks_by_position_not_by_id(tokenizer):
+    eos = tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == eos
+    short = encode(tokenizer, "Question: Where?\nAnswer:", f" Lisbon{tokenizer.eos_token}")
+    long = encode(tokenizer, "Question: In which city was the writer born?\nAnswer:", " Dublin")
+    assert short["input_ids"][-1] == eos  # an end-of-turn token inside the answer
+    batch = collate([short, long], tokenizer.pad_token_id)
+    k = len(short["input_ids"])
+    assert batch["input_ids"].size(1) > k  # the short row is padded, with the same id
+    assert batch["labels"][0, k - 1].item() == eos  # the real EOS is still a label
+    assert (batch["labels"][0, k:] == IGNORE).all()  # padding positions are not
+    assert (batch["input_ids"][0, k:] == eos).all()
+    assert batch["attention_mask"][0].tolist() == [1] * k + [0] * (batch["input_ids"].size(1) - k)
+    # and the metrics count it as an answer token
+    stats = TokenStats.from_logits(torch.zeros(2, batch["input_ids"].size(1), len(tokenizer)), batch["labels"])
+    assert stats.n_tokens[0].item() == short["n_answer"]
+
+
+def test_eos_inside_an_answer_stays_a_label_in_the_data_module(tiny_model_dir, tmp_path):
+    files = {"forget": write_jsonl(tmp_path / "f.jsonl", [{"question": "Where?", "answer": "Lisbon<eos>"},
+                                                          {"question": "Where was the writer born?", "answer": "Oslo"}])}
+    dm = make_qa_datamodule(tiny_model_dir, files)
+    eos = dm.tokenizer.eos_token_id
+    row = dm.datasets["forget"].rows[0]
+    assert row["input_ids"][-1] == eos and row["labels"][-1] == eos
+    batch = next(iter(dm.val_dataloader()[0]))
+    k = len(row["input_ids"])
+    assert batch["input_ids"].size(1) > k  # row 0 is right-padded with pad = EOS
+    assert (batch["input_ids"][0, k:] == eos).all()
+    assert (batch["labels"][0] == eos).sum().item() == 1  # the answer's EOS, not the padding
+    assert batch["attention_mask"][0, :k].all() and not batch["attention_mask"][0, k:].any()
+
+
+# ---- error messages -----------------------------------------------------------------------------------------------
+def test_missing_file_names_path_and_flag(tiny_model_dir, tmp_path):
+    missing = tmp_path / "nowhere" / "forget.jsonl"
+    dm = QADataModule(forget=str(missing), tokenizer=tiny_model_dir)
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    assert str(missing) in str(err.value)
+    assert "--data.forget" in str(err.value)
+
+
+def test_missing_retain_file_names_retain_flag(tiny_model_dir, qa_files, tmp_path):
+    dm = QADataModule(forget=qa_files["forget"], retain=str(tmp_path / "r.csv"), tokenizer=tiny_model_dir)
+    with pytest.raises(DataError, match="--data.retain"):
+        dm.setup("fit")
+
+
+def test_missing_field_names_file_line_field_and_flag(tiny_model_dir, tmp_path):
+    path = write_jsonl(tmp_path / "forget.jsonl", [{"question": "Q1", "answer": "Oslo"}, {"question": "Q2"}])
+    dm = QADataModule(forget=path, tokenizer=tiny_model_dir)
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    msg = str(err.value)
+    assert f"{path}:2" in msg and "'answer'" in msg and "--data.answer_field" in msg
+    assert "question" in msg  # lists the fields that are there
+
+
+def test_custom_field_name_is_used_and_named(tiny_model_dir, tmp_path):
+    path = write_jsonl(tmp_path / "forget.jsonl", [{"q": "Where?", "a": "Oslo"}])
+    dm = make_qa_datamodule(tiny_model_dir, {"forget": path}, question_field="q", answer_field="a")
+    assert dm.datasets["forget"].rows[0]["answer"] == " Oslo"
+    dm = QADataModule(forget=path, tokenizer=tiny_model_dir, question_field="question")
+    with pytest.raises(DataError, match=r"'question'.*--data\.question_field"):
+        dm.setup("fit")
+
+
+def test_empty_split(tiny_model_dir, qa_files, tmp_path):
+    empty = tmp_path / "retain.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    dm = QADataModule(forget=qa_files["forget"], retain=str(empty), tokenizer=tiny_model_dir)
+    with pytest.raises(DataError, match=r"retain: .*is empty"):
+        dm.setup("fit")
+
+
+def test_row_longer_than_max_length(tiny_model_dir, qa_files):
+    dm = QADataModule(forget=qa_files["forget"], tokenizer=tiny_model_dir, max_length=8)
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    msg = str(err.value)
+    assert f"{qa_files['forget']}:1" in msg
+    assert "max_length=8" in msg and "--data.too_long skip" in msg
+
+
+def test_invalid_json_line(tiny_model_dir, tmp_path):
+    path = tmp_path / "forget.jsonl"
+    path.write_text('{"question": "Q", "answer": "A"}\n{"question": oops}\n', encoding="utf-8")
+    dm = QADataModule(forget=str(path), tokenizer=tiny_model_dir)
+    with pytest.raises(DataError, match=rf"{path} line 2 is not valid JSON"):
+        dm.setup("fit")
+    path.write_text('["not", "an", "object"]\n', encoding="utf-8")
+    with pytest.raises(DataError, match="line 1 is not a JSON object"):
+        sources.read_rows(str(path), "forget")
+
+
+def test_too_long_skip_drops_only_long_rows(tiny_model_dir, tmp_path, capsys):
+    rows = FORGET_ROWS + [{"question": "Where was " + "a very long name " * 20 + "born?", "answer": "Oslo"}]
+    path = write_jsonl(tmp_path / "forget.jsonl", rows)
+    with pytest.raises(DataError, match="max_length=48"):
+        make_qa_datamodule(tiny_model_dir, {"forget": path}, max_length=48)
+    dm = make_qa_datamodule(tiny_model_dir, {"forget": path}, max_length=48, too_long="skip")
+    kept = dm.datasets["forget"].rows
+    assert [r["answer"].strip() for r in kept] == [r["answer"] for r in FORGET_ROWS]
+    assert [r["index"] for r in kept] == list(range(len(FORGET_ROWS)))
+    assert "skipped 1 rows" in capsys.readouterr().out
+    with pytest.raises(DataError, match="no rows .* fit in max_length=4"):
+        make_qa_datamodule(tiny_model_dir, {"forget": path}, max_length=4, too_long="skip")
+
+
+def test_constructor_checks():
+    with pytest.raises(DataError, match="max_length"):
+        QADataModule(forget="x.jsonl", max_length=1)
+    with pytest.raises(DataError, match="batch_size"):
+        QADataModule(forget="x.jsonl", batch_size=0)
+
+
+# ---- max_rows --------------------------------------------------------------------------------------------------------
+def retained_answers(dm, role="retain") -> list[str]:
+    return [r["answer"].strip() for r in dm.datasets[role].rows]
+
+
+def test_max_rows_is_a_seeded_subset_in_file_order(tiny_model_dir, qa_files):
+    all_answers = [r["answer"] for r in RETAIN_ROWS]
+    a = retained_answers(make_qa_datamodule(tiny_model_dir, qa_files, max_rows=3, seed=0))
+    b = retained_answers(make_qa_datamodule(tiny_model_dir, qa_files, max_rows=3, seed=0))
+    others = {tuple(retained_answers(make_qa_datamodule(tiny_model_dir, qa_files, max_rows=3, seed=s)))
+              for s in (1, 2, 3)}
+    assert a == b and len(a) == 3
+    assert others - {tuple(a)}, "the subset does not depend on the seed"
+    assert len(set(all_answers)) == len(all_answers)
+    positions = [all_answers.index(x) for x in a]
+    assert positions == sorted(positions)
+
+
+def test_max_rows_per_split(tiny_model_dir, qa_files):
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, max_rows={"retain": 5})
+    assert len(dm.datasets["retain"]) == 5 and len(dm.datasets["forget"]) == len(FORGET_ROWS)
+    assert [r["index"] for r in dm.datasets["retain"].rows] == list(range(5))
+
+
+# ---- SST-2 -----------------------------------------------------------------------------------------------------------
+def test_sst2_prompt_and_label_only_scoring(tiny_model_dir, sst2_files):
+    dm = SST2DataModule(forget=sst2_files["forget"], retain=sst2_files["retain"], tokenizer=tiny_model_dir)
+    dm.setup("fit")
+    row = dm.datasets["forget"].rows[0]
+    assert row["prompt"] == ("### Text: a gripping, funny film\n\n### Question: What is the sentiment of the given"
+                             " text?\n\n### Sentiment:")
+    assert row["prompt"] == SST2_PROMPT.format(text="a gripping, funny film")
+    assert row["answer"] == " positive"
+    assert scored_text(dm.tokenizer, row["labels"]) == " positive"
+    prompt_len = len(dm.tokenizer(row["prompt"])["input_ids"])
+    assert row["labels"][:prompt_len] == [IGNORE] * prompt_len
+    assert [r["answer"] for r in dm.datasets["retain"].rows] == [" positive", " negative", " positive", " negative"]
+    batch = next(iter(dm.val_dataloader()[1]))
+    assert batch["split"] == "retain"
+    for labels in batch["labels"]:
+        assert scored_text(dm.tokenizer, labels) in (" positive", " negative")
+
+
+def test_sst2_eval_splits_and_missing_label_field(tiny_model_dir, sst2_files, tmp_path):
+    test_forget = write_sst2_csv(tmp_path / "test_forget.csv", [("funny", 1, " positive ")])
+    dm = SST2DataModule(forget=sst2_files["forget"], eval_splits={"test_forget": test_forget},
+                        tokenizer=tiny_model_dir)
+    dm.setup("fit")
+    assert dm.split_names == ["forget", "test_forget"]
+    assert dm.datasets["test_forget"].rows[0]["answer"] == " positive"  # label text stripped
+    assert [b["split"] for b in (next(iter(loader)) for loader in dm.val_dataloader())] == ["forget", "test_forget"]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfunny,1\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        SST2DataModule(forget=str(bad), tokenizer=tiny_model_dir).setup("fit")
+    assert f"{bad}:2" in str(err.value) and "--data.label_field" in str(err.value)
+
+
+# ---- sources: local formats and hub ids (no network) -------------------------------------------------------------------
+def test_local_json_and_tsv_sources(tmp_path):
+    js = tmp_path / "rows.json"
+    js.write_text(json.dumps([{"question": "Q", "answer": "A"}]), encoding="utf-8")
+    assert sources.read_rows(str(js), "forget") == [{"question": "Q", "answer": "A", "_where": f"{js}[0]"}]
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text("text\tlabel_text\nfun\tpositive\n", encoding="utf-8")
+    assert sources.read_rows(str(tsv), "forget")[0] == {"text": "fun", "label_text": "positive", "_where": f"{tsv}:2"}
+    txt = tmp_path / "rows.txt"
+    txt.write_text("x\n", encoding="utf-8")
+    with pytest.raises(DataError, match="unsupported type"):
+        sources.read_rows(str(txt), "forget")
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("locuslab/TOFU", ("locuslab/TOFU", None, "train")),
+    ("locuslab/TOFU:forget10", ("locuslab/TOFU", "forget10", "train")),
+    ("locuslab/TOFU:forget10@train", ("locuslab/TOFU", "forget10", "train")),
+    ("karuna-bhaila/Unlearning_SST2v3@train_forget", ("karuna-bhaila/Unlearning_SST2v3", None, "train_forget")),
+])
+def test_hub_id_parsing(source, expected, monkeypatch):
+    calls = []
+
+    def fake_hub(repo, config, split, role):
+        calls.append((repo, config, split))
+        return [{"question": "Q", "answer": "A", "_where": f"{repo}@{split}[0]"}]
+
+    monkeypatch.setattr(sources, "_read_hub", fake_hub)
+    rows = sources.read_rows(source, "forget")
+    assert calls == [expected] and len(rows) == 1
+
+
+@pytest.mark.parametrize("source", ["./no/such/dir/forget", "/no/such/forget", "data/missing.jsonl",
+                                    "~/no_such_lit_unlearn_file.csv"])
+def test_local_looking_paths_fail_without_touching_the_hub(source, monkeypatch):
+    def no_hub(*args):
+        raise AssertionError("hub was contacted for a local-looking path")
+
+    monkeypatch.setattr(sources, "_read_hub", no_hub)
+    with pytest.raises(DataError, match="does not exist"):
+        sources.read_rows(source, "forget")
+
+
+def test_neither_file_nor_hub_id(monkeypatch):
+    monkeypatch.setattr(sources, "_read_hub", lambda *a: pytest.fail("hub contacted"))
+    with pytest.raises(DataError, match="neither an existing file nor a hub id"):
+        sources.read_rows("a/b/c", "retain")
+
+
+def test_hub_errors_become_data_errors(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"retain: could not load hub dataset owner/name \(config=cfg, split=dev\)"):
+        sources.read_rows("owner/name:cfg@dev", "retain")
+
+
+# ---- RatioSampler ------------------------------------------------------------------------------------------------------
+def batches(sampler) -> list[list[int]]:
+    idx = list(sampler)
+    assert len(idx) == len(sampler)
+    return [idx[i:i + sampler.batch_size] for i in range(0, len(idx), sampler.batch_size)]
+
+
+def test_ratio_sampler_is_seeded_and_epoch_aware():
+    a = list(RatioSampler(8, 24, batch_size=4, seed=0))
+    assert a == list(RatioSampler(8, 24, batch_size=4, seed=0))
+    assert a != list(RatioSampler(8, 24, batch_size=4, seed=1))
+    s = RatioSampler(8, 24, batch_size=4, seed=0)
+    s.set_epoch(1)
+    b = list(s)
+    assert b != a
+    s.set_epoch(0)
+    assert list(s) == a
+
+
+@pytest.mark.parametrize("batch_size,n_forget", [(4, 1), (8, 2), (12, 3)])
+def test_ratio_sampler_batches_hold_3_to_1(batch_size, n_forget):
+    len_forget, len_retain = 10, 30
+    for rank in (0, 1):
+        s = RatioSampler(len_forget, len_retain, batch_size=batch_size, retain_ratio=3.0, num_replicas=2, rank=rank)
+        assert (s.n_forget, s.n_retain) == (n_forget, batch_size - n_forget)
+        for b in batches(s):
+            assert len(b) == batch_size
+            assert all(i < len_forget for i in b[:n_forget])
+            assert all(len_forget <= i < len_forget + len_retain for i in b[n_forget:])
+
+
+def test_ratio_sampler_ranks_are_disjoint_within_an_epoch():
+    len_forget = 8
+    per_rank = []
+    for rank in (0, 1):
+        s = RatioSampler(len_forget, 24, batch_size=4, num_replicas=2, rank=rank, seed=5)
+        s.set_epoch(2)
+        per_rank.append([i for b in batches(s) for i in b if i < len_forget])
+    assert len(per_rank[0]) == len(per_rank[1]) == 4  # one pass over forget: 8 rows / (1 per batch * 2 ranks)
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert set(per_rank[0]) | set(per_rank[1]) == set(range(len_forget))
+
+
+def test_ratio_sampler_weights_and_errors():
+    s = RatioSampler(4, 8, batch_size=4, forget_weights=[0, 1, 0, 1], retain_weights=[1] + [0] * 7, seed=0)
+    idx = list(s)
+    assert {i for i in idx if i < 4} <= {1, 3}
+    assert {i for i in idx if i >= 4} == {4}
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        RatioSampler(4, 8, batch_size=1)
+    with pytest.raises(ValueError, match="retain_ratio"):
+        RatioSampler(4, 8, batch_size=4, retain_ratio=0)
+
+
+def test_ratio_mode_train_dataloader(tiny_model_dir, qa_files):
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, mixing="ratio", batch_size=4, retain_ratio=3.0)
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, RatioSampler)
+    seen = list(loader)
+    assert len(seen) == len(FORGET_ROWS)  # one pass over forget, one forget row per batch
+    for b in seen:
+        assert set(b) == {"forget", "retain"}
+        assert b["forget"]["split"] == "forget" and b["retain"]["split"] == "retain"
+        assert b["forget"]["input_ids"].size(0) == 1 and b["retain"]["input_ids"].size(0) == 3
+        assert all(p.startswith("Question: Where was") for p in b["forget"]["prompt"])
+        assert all(p.startswith("Question: In which city") for p in b["retain"]["prompt"])
+    assert sorted(int(b["forget"]["index"]) for b in seen) == list(range(len(FORGET_ROWS)))
+
+
+def test_ratio_mode_needs_retain(tiny_model_dir, qa_files):
+    dm = make_qa_datamodule(tiny_model_dir, {"forget": qa_files["forget"]}, mixing="ratio")
+    with pytest.raises(DataError, match="--data.retain"):
+        dm.train_dataloader()
+
+
+def test_ratio_mode_passes_row_weights(tiny_model_dir, tmp_path, qa_files):
+    rows = [dict(r, weight=w) for r, w in zip(FORGET_ROWS, (0.0, 1.0, 0.0, 2.0))]
+    files = {"forget": write_jsonl(tmp_path / "fw.jsonl", rows), "retain": qa_files["retain"]}
+    dm = make_qa_datamodule(tiny_model_dir, files, mixing="ratio", batch_size=4)
+    seen = list(dm.train_dataloader())
+    assert {int(b["forget"]["index"]) for b in seen} <= {1, 3}  # zero-weight rows are never drawn
+    assert all(b["forget"]["weight"].item() in (1.0, 2.0) for b in seen)
+
+
+# ---- CombinedLoader modes -----------------------------------------------------------------------------------------------
+def test_max_size_cycle_pairs_forget_and_retain(tiny_model_dir, qa_files):
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, batch_size=2)
+    loader = dm.train_dataloader()
+    items = list(loader)
+    assert len(items) == len(RETAIN_ROWS) // 2  # the longer (retain) loader sets the length; forget cycles
+    for batch, _, _ in items:
+        assert set(batch) == {"forget", "retain"}
+        assert batch["forget"]["split"] == "forget" and batch["retain"]["split"] == "retain"
+    assert first_train_batch(dm).keys() == {"forget", "retain"}
+
+
+def indices_seen(loader) -> list[int]:
+    return [i for b in loader for i in b["index"].tolist()]
+
+
+def test_combined_loader_shards_are_disjoint_across_ranks(tiny_model_dir, qa_files):
+    shards = {}
+    for rank in (0, 1):
+        dm = make_qa_datamodule(tiny_model_dir, qa_files, batch_size=2, seed=7)
+        dm._world = lambda rank=rank: (2, rank)
+        loader = dm.train_dataloader()
+        shards[rank] = {role: indices_seen(loader.iterables[role]) for role in ("forget", "retain")}
+        for role in ("forget", "retain"):
+            sampler = loader.iterables[role].sampler
+            assert (sampler.num_replicas, sampler.rank, sampler.seed) == (2, rank, 7)
+    for role, n in (("forget", len(FORGET_ROWS)), ("retain", len(RETAIN_ROWS))):
+        a, b = shards[0][role], shards[1][role]
+        assert len(a) == len(b) == n // 2
+        assert not set(a) & set(b), role
+        assert set(a) | set(b) == set(range(n))
+
+
+def test_combined_loader_reshuffles_with_set_epoch(tiny_model_dir, qa_files):
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, batch_size=2)
+    loader = dm.train_dataloader().iterables["retain"]
+    e0 = indices_seen(loader)
+    loader.sampler.set_epoch(1)
+    e1 = indices_seen(loader)
+    assert sorted(e0) == sorted(e1) == list(range(len(RETAIN_ROWS)))
+    assert e0 != e1
+
+
+def test_validation_covers_every_row_once_across_ranks(tiny_model_dir, qa_files):
+    seen = {"forget": [], "retain": []}
+    for rank in (0, 1):
+        dm = make_qa_datamodule(tiny_model_dir, qa_files, max_rows={"retain": 7}, eval_batch_size=3)
+        dm._world = lambda rank=rank: (2, rank)
+        for loader, role in zip(dm.val_dataloader(), ("forget", "retain")):
+            seen[role] += indices_seen(loader)
+    assert sorted(seen["forget"]) == list(range(len(FORGET_ROWS)))
+    assert sorted(seen["retain"]) == list(range(7))  # an odd count: no padding duplicates
+
+
+@pytest.mark.parametrize("mixing", ["max_size_cycle", "ratio"])
+def test_loaders_shard_by_the_attached_trainer(tiny_model_dir, qa_files, mixing):
+    """Regression test: the world size and rank come from ``LightningDataModule.trainer`` (under DDP every rank
+    used to get ``num_replicas=1`` samplers, which Lightning leaves in place, so every rank saw all the data)."""
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, mixing=mixing, batch_size=4)
+    assert dm._world() == (1, 0)
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    assert dm._world() == (2, 1)
+    loader = dm.train_dataloader()
+    samplers = [loader.sampler] if mixing == "ratio" else [dl.sampler for dl in loader.iterables.values()]
+    assert samplers and all((s.num_replicas, s.rank) == (2, 1) for s in samplers)
+    assert all((dl.sampler.num_replicas, dl.sampler.rank) == (2, 1) for dl in dm.val_dataloader())

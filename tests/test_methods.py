@@ -1,0 +1,502 @@
+"""The method contract, parametrized over every method in ``lit_unlearn.methods.ALL_METHODS`` (each with LoRA):
+a new method is one more entry in ``ALL_METHODS`` and gets every test here for free."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import first_train_batch, make_qa_datamodule
+from lit_unlearn.adapters import LoRA
+from lit_unlearn.data.tokenize import IGNORE, collate, encode
+from lit_unlearn.eval import AnswerMetrics
+from lit_unlearn.methods import (
+    ALL_METHODS,
+    IDK,
+    NPO,
+    Finetune,
+    GradAscent,
+    GradAscentKL,
+    GradDiff,
+    MethodError,
+    RandomLabel,
+    SimNPO,
+)
+from lit_unlearn.methods.relabel import REFUSALS
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+
+METHOD_IDS = [cls.__name__ for cls in ALL_METHODS]
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+def is_adapter(name: str) -> bool:
+    return "lora_" in name
+
+
+def perturb_lora(method, scale: float = 0.2, seed: int = 1) -> None:
+    """Give every LoRA B a nonzero value, so the adapted model differs from the reference (B = 0 at init)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in method.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def optimizer_steps(method, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for i in range(steps):
+        loss = method.training_step(batch, i)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def hf_ce(method, batch: dict) -> torch.Tensor:
+    """HF's own ``.loss`` (mean token CE over label positions): an independent reference for CE."""
+    out = method.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    use_cache=False)
+    return out.loss
+
+
+def per_row_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of answer-token NLL, answer-token count) per row, written out from log_softmax by hand."""
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    tgt = labels[:, 1:]
+    mask = tgt != IGNORE
+    tok = -logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    return tok.sum(-1), mask.sum(-1)
+
+
+def default_retain_for_fusion(cls) -> str:
+    # force a retain term so there are two batches to fuse; GradAscentKL keeps its KL term
+    return "kl" if cls is GradAscentKL else "nll"
+
+
+# ---- (a) finite loss, (b) gradients only on the adapter ------------------------------------------------------------
+@pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
+def test_training_step_gives_finite_loss_and_adapter_only_gradients(cls, make_method, qa_batch):
+    assert set(qa_batch) == {"forget", "retain"}
+    method = make_method(cls)
+    loss = method.training_step(qa_batch, 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+
+    adapter_grads = []
+    for name, p in method.named_parameters():
+        if is_adapter(name):
+            assert p.requires_grad, name
+            assert p.grad is not None, f"{name} got no gradient"
+            assert torch.isfinite(p.grad).all(), name
+            adapter_grads.append(p.grad.abs().sum().item())
+        else:
+            assert not p.requires_grad, f"base parameter {name} is trainable"
+            assert p.grad is None, f"base parameter {name} received a gradient"
+    assert adapter_grads, "no LoRA parameters found"
+    assert sum(g > 0 for g in adapter_grads) > 0, "every LoRA gradient is zero"
+
+
+# ---- (c) a few steps move the adapter only; (d) step 0 equals the reference -----------------------------------------
+@pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
+def test_optimizer_steps_change_adapter_and_keep_base(cls, make_method, qa_batch):
+    method = make_method(cls)
+    fb = qa_batch["forget"]
+    with torch.no_grad():
+        logits0 = method(fb).logits.clone()
+        ref0 = method.reference_stats(fb).logits.clone()
+    # (d) a fresh LoRA (B = 0) is the identity: the model equals its adapter-disabled reference at step 0
+    torch.testing.assert_close(logits0, ref0, rtol=0, atol=1e-6)
+
+    before = {n: p.detach().clone() for n, p in method.named_parameters()}
+    optimizer_steps(method, qa_batch, steps=3)
+    after = dict(method.named_parameters())
+
+    base_names = [n for n in before if not is_adapter(n)]
+    lora_b = [n for n in before if "lora_B" in n]
+    assert base_names and lora_b
+    for n in base_names:
+        assert torch.equal(before[n], after[n]), f"base weight {n} changed"
+    changed = [n for n in lora_b if not torch.equal(before[n], after[n])]
+    assert len(changed) == len(lora_b), f"LoRA B unchanged: {sorted(set(lora_b) - set(changed))[:3]}"
+
+    with torch.no_grad():
+        logits3 = method(fb).logits
+        ref3 = method.reference_stats(fb).logits
+    assert not torch.allclose(logits3, ref3, atol=1e-4), "training did not move the adapted model"
+    torch.testing.assert_close(ref3, ref0, rtol=0, atol=1e-6)  # the reference is still the model before training
+
+
+# ---- (e) loss values against their formulas ---------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_npo_loss_at_step0_is_2_over_beta_log2(beta, make_method, qa_batch):
+    method = make_method(NPO, beta=beta)  # retain: none by default
+    loss = method.training_step(qa_batch, 0)
+    assert loss.item() == pytest.approx((2.0 / beta) * math.log(2.0), rel=1e-5)
+
+
+def test_npo_with_retain_nll_adds_retain_ce(make_method, qa_batch):
+    method = make_method(NPO, beta=0.1, retain="nll", retain_weight=2.0)
+    loss = method.training_step(qa_batch, 0)
+    with torch.no_grad():
+        expected = 20.0 * math.log(2.0) + 2.0 * hf_ce(method, qa_batch["retain"]).item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_npo_loss_away_from_reference_matches_formula(make_method, qa_batch):
+    method = make_method(NPO, beta=0.1)
+    perturb_lora(method)
+    fb = qa_batch["forget"]
+    loss = method.training_step(qa_batch, 0)
+    with torch.no_grad():
+        out = method.lm(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"])
+        nll, _ = per_row_nll(out.logits, fb["labels"])
+        with method.lm.disable_adapter():
+            ref_nll, _ = per_row_nll(method.lm(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]).logits,
+                                     fb["labels"])
+    expected = (-(2 / 0.1) * F.logsigmoid(0.1 * (nll - ref_nll))).mean()
+    assert not torch.allclose(nll, ref_nll)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(20 * math.log(2), rel=1e-3)
+
+
+@pytest.mark.parametrize("beta,gamma", [(2.5, 0.0), (1.0, 0.3)])
+def test_simnpo_matches_hand_computed_formula(beta, gamma, make_method, qa_batch):
+    method = make_method(SimNPO, beta=beta, gamma=gamma)
+    fb = qa_batch["forget"]
+    loss = method.training_step(qa_batch, 0)
+    with torch.no_grad():
+        stats = method(fb)
+        # by hand from TokenStats' raw pieces: sum of token NLL over answer positions / answer length
+        seq = (stats.token_nll * stats.mask).sum(-1)
+        length = stats.mask.sum(-1)
+        # and independently from the model's logits
+        seq2, length2 = per_row_nll(method.lm(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]).logits,
+                                    fb["labels"])
+    torch.testing.assert_close(seq, seq2, rtol=1e-5, atol=1e-5)
+    assert torch.equal(length, length2) and (length > 0).all()
+    expected = (-(2.0 / beta) * F.logsigmoid(beta * (seq2 / length2 - gamma))).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_grad_ascent_loss_is_negative_ce(make_method, qa_batch):
+    method = make_method(GradAscent)
+    loss = method.training_step(qa_batch, 0)
+    with torch.no_grad():
+        ce = hf_ce(method, qa_batch["forget"]).item()
+    assert ce > 0
+    assert loss.item() == pytest.approx(-ce, rel=1e-5)
+
+
+def test_finetune_and_graddiff_losses(make_method, qa_batch):
+    ft = make_method(Finetune)
+    gd = make_method(GradDiff, retain_weight=2.0)
+    with torch.no_grad():
+        ce_f, ce_r = hf_ce(ft, qa_batch["forget"]).item(), hf_ce(ft, qa_batch["retain"]).item()
+    assert ft.training_step(qa_batch, 0).item() == pytest.approx(ce_f + ce_r, rel=1e-5)
+    assert gd.training_step(qa_batch, 0).item() == pytest.approx(-ce_f + 2.0 * ce_r, rel=1e-5)
+
+
+def test_grad_ascent_kl_retain_term(make_method, qa_batch):
+    method = make_method(GradAscentKL)
+    rb = qa_batch["retain"]
+    with torch.no_grad():
+        ce_f = hf_ce(method, qa_batch["forget"]).item()
+    # theta == ref at step 0: KL(p_ref || p_theta) = 0
+    assert method.training_step(qa_batch, 0).item() == pytest.approx(-ce_f, rel=1e-5)
+    perturb_lora(method)
+    with torch.no_grad():
+        ce_f = hf_ce(method, qa_batch["forget"]).item()
+        logp = torch.log_softmax(method.lm(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits, -1)
+        with method.lm.disable_adapter():
+            logq = torch.log_softmax(
+                method.lm(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits, -1)
+        mask = rb["labels"][:, 1:] != IGNORE
+        kl_tok = (logq.exp() * (logq - logp)).sum(-1)[:, :-1]
+        kl = (kl_tok * mask).sum() / mask.sum()
+    assert kl.item() > 1e-6
+    assert method.training_step(qa_batch, 0).item() == pytest.approx(-ce_f + kl.item(), rel=1e-4)
+
+
+# ---- (f) fused forward == separate forwards -------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
+def test_fused_forward_gives_same_loss(cls, make_method, qa_batch):
+    fb, rb = qa_batch["forget"], qa_batch["retain"]
+    assert fb["input_ids"].size(1) != rb["input_ids"].size(1), "test needs batches of different widths"
+    method = make_method(cls, retain=default_retain_for_fusion(cls))
+    perturb_lora(method)
+    method.fuse_forward = True
+    fused = method.training_step(qa_batch, 0)
+    fused.backward()
+    g_fused = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+    method.zero_grad()
+    method.fuse_forward = False
+    separate = method.training_step(qa_batch, 0)
+    separate.backward()
+    torch.testing.assert_close(fused, separate, rtol=1e-5, atol=1e-5)
+    assert g_fused
+    for n, g in g_fused.items():
+        torch.testing.assert_close(g, dict(method.named_parameters())[n].grad, rtol=1e-4, atol=1e-6)
+
+
+# ---- (g) cached reference == adapter-off reference ---------------------------------------------------------------
+def test_cached_reference_equals_adapter_off(make_method, qa_batch):
+    method = make_method(NPO, beta=0.1, reference="cached")
+    at_start = method.training_step(qa_batch, 0)
+    assert at_start.item() == pytest.approx(20 * math.log(2), rel=1e-5)
+    assert set(method._ref_cache) == set(qa_batch["forget"]["index"].tolist())
+
+    optimizer_steps(method, qa_batch, steps=3)
+    with torch.no_grad():
+        cached = method.training_step(qa_batch, 0)
+        method.reference = "adapter_off"
+        off = method.training_step(qa_batch, 0)
+    assert cached.item() != pytest.approx(20 * math.log(2), rel=1e-3), "theta never left the reference"
+    assert cached.item() == pytest.approx(off.item(), rel=1e-5)
+
+    # cached means computed once: with every row cached, the reference model is not run again
+    method.reference = "cached"
+
+    def no_reference(batch):
+        raise AssertionError("reference forward ran although every row was cached")
+
+    method.reference_stats = no_reference
+    with torch.no_grad():
+        again = method.training_step(qa_batch, 0)
+    assert again.item() == pytest.approx(cached.item(), rel=1e-6)
+
+
+# ---- (h) IDK / RandomLabel answer replacement ------------------------------------------------------------------------
+def synthetic_forget_batch(method, n: int = 16, reverse: bool = False) -> dict:
+    index = torch.arange(n)
+    if reverse:
+        index = index.flip(0)
+    prompts = [f"Question: Where was person {int(i)} born?\nAnswer:" for i in index]
+    return method.encode(prompts, [" Lisbon"] * n, index)
+
+
+def answers_by_index(batch: dict) -> dict[int, str]:
+    return dict(zip(batch["index"].tolist(), batch["answer"]))
+
+
+@pytest.mark.parametrize("cls", [IDK, RandomLabel], ids=["IDK", "RandomLabel"])
+def test_replacement_answers_are_seeded_by_index(cls, make_method):
+    a = make_method(cls, seed=3)
+    b = make_method(cls, seed=3)
+    c = make_method(cls, seed=4)
+    batch = synthetic_forget_batch(a)
+    first = a.prepare_forget(batch)
+    assert answers_by_index(first) == answers_by_index(a.prepare_forget(batch))  # same call, same answers
+    assert answers_by_index(first) == answers_by_index(b.prepare_forget(batch))  # same seed, another instance
+    # row order does not matter: the choice is a function of (seed, index)
+    assert answers_by_index(first) == answers_by_index(a.prepare_forget(synthetic_forget_batch(a, reverse=True)))
+    assert answers_by_index(first) != answers_by_index(c.prepare_forget(batch))  # another seed, other choices
+    assert all(ans != " Lisbon" for ans in first["answer"])
+    assert len(set(first["answer"])) > 1, "16 rows all got the same replacement"
+
+    # the new labels score exactly the replacement answer; the prompt is unchanged
+    tok = a.tokenizer
+    for i in range(first["input_ids"].size(0)):
+        labels = first["labels"][i]
+        scored = tok.decode(labels[labels != IGNORE])
+        assert scored == first["answer"][i]
+        assert first["prompt"][i] == batch["prompt"][i]
+
+
+def test_random_label_answers_come_from_labels(make_method):
+    default = make_method(RandomLabel)
+    out = default.prepare_forget(synthetic_forget_batch(default))
+    assert {a.strip() for a in out["answer"]} == {"neutral", "unknown"}
+    assert all(a.startswith(" ") for a in out["answer"])  # keeps the original answer's leading space
+
+    custom = make_method(RandomLabel, labels=["Oslo", "Cairo", "Lima"])
+    out = custom.prepare_forget(synthetic_forget_batch(custom, n=24))
+    assert {a.strip() for a in out["answer"]} <= {"Oslo", "Cairo", "Lima"}
+    assert len({a.strip() for a in out["answer"]}) >= 2
+
+
+def test_idk_uses_refusals(make_method, tmp_path):
+    builtin = make_method(IDK)
+    out = builtin.prepare_forget(synthetic_forget_batch(builtin))
+    assert {a.strip() for a in out["answer"]} <= set(REFUSALS)
+
+    path = tmp_path / "refusals.txt"
+    path.write_text("I don't know.\n\n{\"text\": \"No idea.\"}\n", encoding="utf-8")
+    custom = make_method(IDK, refusals=str(path))
+    out = custom.prepare_forget(synthetic_forget_batch(custom, n=24))
+    assert {a.strip() for a in out["answer"]} == {"I don't know.", "No idea."}
+
+
+def test_idk_refusals_errors(tmp_path):
+    with pytest.raises(MethodError, match="does not exist"):
+        IDK(model="unused", adapter=LoRA(), refusals=str(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"answer": "x"}\n', encoding="utf-8")
+    with pytest.raises(MethodError, match=r"line 1 .*'text'"):
+        IDK(model="unused", adapter=LoRA(), refusals=str(bad))
+
+
+def test_prepare_forget_keeps_weights_and_training_step_uses_replacements(make_method, qa_batch):
+    method = make_method(RandomLabel)
+    fb = dict(qa_batch["forget"], weight=torch.tensor([1.0, 3.0]))
+    new = method.prepare_forget(fb)
+    assert torch.equal(new["weight"], fb["weight"])
+    # L = mean_i(w_i * CE_i) over the relabelled rows
+    with torch.no_grad():
+        nll, n = per_row_nll(method.lm(input_ids=new["input_ids"], attention_mask=new["attention_mask"]).logits,
+                             new["labels"])
+        expected = (fb["weight"] * nll / n).mean()
+        loss = method.training_step({"forget": fb, "retain": qa_batch["retain"]}, 0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ---- (i) learning and unlearning actually move the forget NLL --------------------------------------------------------
+def evaluate(method, batch) -> dict[str, float]:
+    metric = AnswerMetrics()
+    with torch.no_grad():
+        metric.update(method(batch))
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def test_finetune_learns_then_grad_ascent_unlearns(make_method, tiny_model_dir, qa_files, tmp_path):
+    dm = make_qa_datamodule(tiny_model_dir, qa_files)
+    forget = collate(dm.datasets["forget"].rows, dm.tokenizer.pad_token_id, "forget")
+
+    learner = make_method(Finetune, adapter=LoRA(r=8, alpha=16), retain="none")
+    base = evaluate(learner, forget)
+    optimizer_steps(learner, {"forget": forget}, steps=30, lr=1e-2)
+    learned = evaluate(learner, forget)
+    assert learned["nll"] < base["nll"] - 0.3
+    assert learned["acc"] >= 0.5 > base["acc"]
+
+    learner.export_adapter(tmp_path / "learned")
+    unlearner = make_method(GradAscent, init_adapter=str(tmp_path / "learned"))
+    # the learned adapter is merged into the base: the unlearning run starts from the learned model
+    start = evaluate(unlearner, forget)
+    assert start["nll"] == pytest.approx(learned["nll"], rel=1e-4)
+    assert start["acc"] == pytest.approx(learned["acc"])
+    optimizer_steps(unlearner, {"forget": forget}, steps=5, lr=1e-2)
+    unlearned = evaluate(unlearner, forget)
+    assert unlearned["nll"] > learned["nll"] + 0.3
+    assert unlearned["acc"] < 0.5 * learned["acc"]
+
+
+# ---- configuration errors and other contract points ------------------------------------------------------------------
+def test_methods_that_need_a_reference_refuse_no_adapter():
+    with pytest.raises(MethodError, match="adapter"):
+        NPO(model="unused", adapter=None)
+    with pytest.raises(MethodError, match="retain kl"):
+        GradAscentKL(model="unused", adapter=None)
+    with pytest.raises(MethodError, match="quantize"):
+        Finetune(model="unused", adapter=None, quantize="nf4")
+    # configuring must not load anything: a bogus model name is fine until configure_model
+    assert NPO(model="does/not/matter", adapter=LoRA()).lm is None
+
+
+def test_empty_training_batch_is_an_error(make_method):
+    method = make_method(GradAscent)
+    with pytest.raises(MethodError, match="neither forget nor retain"):
+        method.training_step({}, 0)
+
+
+def test_full_model_training_without_adapter(make_method, qa_batch):
+    method = make_method(Finetune, adapter=None)
+    params = dict(method.named_parameters())
+    assert params and all(p.requires_grad for p in params.values())
+    assert not any(is_adapter(n) for n in params)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer_steps(method, qa_batch, steps=1)
+    assert any(not torch.equal(before[n], p) for n, p in method.named_parameters())
+    with pytest.raises(MethodError, match="adapter"):
+        method.reference_stats(qa_batch["forget"])
+
+
+def test_configure_model_is_idempotent(make_method):
+    method = make_method(NPO)
+    lm = method.lm
+    method.configure_model()
+    assert method.lm is lm
+
+
+def test_adapter_dropout_is_active_in_training_and_reference_is_deterministic(make_method, qa_batch):
+    """HF ``from_pretrained`` returns the base in eval mode and Lightning keeps module modes as it finds them; the
+    LoRA layers PEFT adds are in train mode, so LoRA dropout must act on the adapted forward while the reference
+    (adapter disabled) stays deterministic."""
+    method = make_method(NPO, adapter=LoRA(r=4, alpha=8, dropout=0.5))
+    assert method.lm.training
+    dropouts = [m for n, m in method.lm.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(m.training for m in dropouts)
+    perturb_lora(method)
+    fb = qa_batch["forget"]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = method(fb).logits
+        b = method(fb).logits
+        r1 = method.reference_stats(fb).logits
+        r2 = method.reference_stats(fb).logits
+    assert not torch.allclose(a, b), "LoRA dropout had no effect in training"
+    torch.testing.assert_close(r1, r2, rtol=0, atol=0)
+    assert method.lm.training, "reference_stats left the model in eval mode"
+
+
+def test_lr_schedules(make_method):
+    method = make_method(Finetune, lr=1.0, warmup_ratio=0.2, lr_schedule="linear")
+    method._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    cfg = method.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    assert cfg["lr_scheduler"]["interval"] == "step"
+    assert all(p.requires_grad and is_adapter(n) for n, p in method.named_parameters() if p.requires_grad)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(
+        p.numel() for n, p in method.named_parameters() if is_adapter(n))
+    lrs = []
+    for _ in range(11):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warm-up over 2 steps: (step+1)/(warm+1), then linear decay to 0 at step 10
+    assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert lrs[6] == pytest.approx(0.5)
+    assert lrs[10] == pytest.approx(0.0)
+
+    cos = make_method(Finetune, lr=1.0, lr_schedule="cosine")
+    cos._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    cfg = cos.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.5)
+
+
+def test_checkpoint_keeps_only_adapter_tensors(make_method):
+    method = make_method(GradDiff)
+    ckpt = {"state_dict": method.state_dict()}
+    assert any(not is_adapter(k) for k in ckpt["state_dict"])
+    method.on_save_checkpoint(ckpt)
+    assert ckpt["state_dict"] and all(is_adapter(k) for k in ckpt["state_dict"])
+    assert ckpt["lit_unlearn"]["method"] == "GradDiff"
+
+
+def test_encode_matches_data_module_tokenization(make_method, tokenizer):
+    method = make_method(Finetune)
+    batch = method.encode(["Question: Where?\nAnswer:"], [" Lisbon"])
+    enc = encode(tokenizer, "Question: Where?\nAnswer:", " Lisbon")
+    assert batch["input_ids"][0].tolist() == enc["input_ids"]
+    assert batch["labels"][0].tolist() == enc["labels"]
+
+
+def test_datamodule_batch_roundtrip_through_method(make_method, tiny_model_dir, qa_files):
+    """``ratio`` mixing batches go through the same training step."""
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, mixing="ratio", batch_size=4)
+    batch = first_train_batch(dm)
+    assert batch["forget"]["input_ids"].size(0) == 1 and batch["retain"]["input_ids"].size(0) == 3
+    loss = make_method(GradDiff).training_step(batch, 0)
+    assert torch.isfinite(loss)
