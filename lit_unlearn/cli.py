@@ -163,7 +163,7 @@ def format_table(before: dict, after: dict, keys=("acc", "exact", "prob", "nll")
     return "\n".join(lines)
 
 
-def cli_main(args=None, run: bool = True) -> UnlearnCLI:
+def cli_main(args=None, run: bool = True, config_filename: str = "config.yaml") -> UnlearnCLI:
     """The project's CLI; ``args`` (a list) lets tests and scripts call the real thing in-process."""
     import lit_unlearn.data  # noqa: F401
     import lit_unlearn.methods  # noqa: F401
@@ -174,7 +174,7 @@ def cli_main(args=None, run: bool = True) -> UnlearnCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
+        save_config_kwargs={"overwrite": True, "config_filename": config_filename},
         trainer_defaults={
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "checkpoints", "name": "default"}},
@@ -191,6 +191,7 @@ def cli_main(args=None, run: bool = True) -> UnlearnCLI:
 def eval_main(args=None) -> UnlearnCLI:
     """``eval.py``: the ``validate`` subcommand (all splits of the data module), e.g. on a checkpoint."""
     args = list(sys.argv[1:] if args is None else args)
-    if args and args[0] in ("validate", "test"):
-        return cli_main(args)
-    return cli_main(["validate", *args])
+    if not (args and args[0] in ("validate", "test")):
+        args = ["validate", *args]
+    # evaluating a run in its own directory must not overwrite the config.yaml its fit wrote
+    return cli_main(args, config_filename="eval_config.yaml")

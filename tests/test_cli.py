@@ -256,3 +256,16 @@ def test_ddp_ranks_train_on_disjoint_forget_rows(fit_run, tiny_model_dir, tmp_pa
     assert sorted(forget_seen) == list(range(len(FORGET_ROWS)))  # one pass over forget, split between ranks
     records = list((tmp_path / "logs").rglob("metrics.json"))
     assert len(records) == 1  # written by rank 0 only
+
+
+def test_eval_in_the_run_directory_keeps_the_fit_config(fit_run):
+    run_dir = fit_run["run_dir"]
+    before = (run_dir / "config.yaml").read_bytes()
+    cli = eval_main(["--config", str(run_dir / "config.yaml"),
+                     "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+                     "--trainer.logger.init_args.version", run_dir.name])
+    assert Path(cli.trainer.log_dir) == run_dir
+    assert (run_dir / "config.yaml").read_bytes() == before  # the fit's config is not overwritten
+    assert (run_dir / "eval_config.yaml").is_file()
+    record = json.loads((run_dir / "eval_metrics.json").read_text())
+    assert record["subcommand"] == "validate" and set(record["metrics"]["eval"]) == set(SPLITS)
