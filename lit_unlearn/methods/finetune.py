@@ -12,6 +12,10 @@ class Finetune(UnlearningMethod):
     """L = CE(forget answers) + retain_weight * CE(retain answers): descend on everything (learn stage)."""
 
     def __init__(self, *args, retain: Retain = "nll", **kwargs):
+        """
+        Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
+        """
         super().__init__(*args, retain=retain, **kwargs)
 
     def forget_loss(self, batch: dict, stats: TokenStats) -> Tensor:

@@ -20,6 +20,10 @@ class GradAscent(UnlearningMethod):
     """L = -CE(forget answers)."""
 
     def __init__(self, *args, retain: Retain = "none", **kwargs):
+        """
+        Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
+        """
         super().__init__(*args, retain=retain, **kwargs)
 
     def forget_loss(self, batch: dict, stats: TokenStats) -> Tensor:
@@ -30,6 +34,10 @@ class GradDiff(GradAscent):
     """L = -CE_f + retain_weight * CE_r."""
 
     def __init__(self, *args, retain: Retain = "nll", **kwargs):
+        """
+        Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
+        """
         super().__init__(*args, retain=retain, **kwargs)
 
 
@@ -37,4 +45,8 @@ class GradAscentKL(GradAscent):
     """L = -CE_f + retain_weight * KL(p_ref || p_theta) on retain answer positions."""
 
     def __init__(self, *args, retain: Retain = "kl", **kwargs):
+        """
+        Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
+        """
         super().__init__(*args, retain=retain, **kwargs)

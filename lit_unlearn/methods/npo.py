@@ -27,6 +27,7 @@ class NPO(UnlearningMethod):
     def __init__(self, *args, beta: float = 0.1, retain: Retain = "none", **kwargs):
         """
         Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
             beta: NPO inverse temperature; as beta -> 0 the loss tends to gradient ascent on NLL_seq.
         """
         super().__init__(*args, retain=retain, **kwargs)
@@ -46,6 +47,7 @@ class SimNPO(UnlearningMethod):
     def __init__(self, *args, beta: float = 2.5, gamma: float = 0.0, retain: Retain = "none", **kwargs):
         """
         Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
             beta: inverse temperature.
             gamma: reward margin subtracted from the normalised NLL.
         """

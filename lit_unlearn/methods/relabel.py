@@ -66,6 +66,7 @@ class RandomLabel(_ReplaceAnswers):
     def __init__(self, *args, labels: list[str] | None = None, retain: Retain = "none", **kwargs):
         """
         Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
             labels: replacement words; default ``[neutral, unknown]``.
         """
         super().__init__(*args, retain=retain, **kwargs)
@@ -81,6 +82,7 @@ class IDK(_ReplaceAnswers):
     def __init__(self, *args, refusals: str | None = None, retain: Retain = "nll", **kwargs):
         """
         Args:
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
             refusals: file of refusal answers (one per line, or JSONL with a ``text`` field); default: built-in.
         """
         super().__init__(*args, retain=retain, **kwargs)
