@@ -79,8 +79,7 @@ class UnlearnCLI(LightningCLI):
         return d
 
     def _config_dict(self) -> dict:
-        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        return cfg.clone().as_dict()
+        return self._sub_config().clone().as_dict()
 
     def _record(self, name: str, metrics: dict) -> Path | None:
         run_dir = self._run_dir()

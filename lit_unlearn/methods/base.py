@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from lit_unlearn.adapters.base import Adapter, adapter_state_dict
+from lit_unlearn.adapters.base import Adapter
 from lit_unlearn.adapters.lora import merge_saved_adapter
 from lit_unlearn.data.tokenize import IGNORE, encode_batch
 from lit_unlearn.eval.metrics import AnswerMetrics, TokenStats
@@ -308,9 +308,6 @@ class UnlearningMethod(L.LightningModule):
                 f"{saved.get('adapter', '?')}, this run has {type(self).__name__} with {self.adapter!r}: "
                 "use the run's own config.yaml"
             )
-
-    def adapter_state(self) -> dict[str, Tensor]:
-        return adapter_state_dict(self)
 
     def export_adapter(self, path) -> None:
         """Save the adapter alone (``Adapter.save``) so a later stage can load or merge it."""
