@@ -103,10 +103,17 @@ def test_ddp_in_loop_metrics_equal_single_process_eval(tiny_model_dir, data_dir,
 
 
 # ---- 2. resume ------------------------------------------------------------------------------------------------------
-def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, data_dir, tmp_path):
+@pytest.mark.parametrize(("mixing", "every_n_steps", "resume_step"), [
+    ("max_size_cycle", None, 4),  # default checkpointing: the last checkpoint is epoch 1's end
+    ("max_size_cycle", 1, 5),  # a checkpoint every step: resume from the middle of epoch 2 (4 steps an epoch)
+    ("ratio", 1, 5),
+], ids=["epoch-end", "mid-epoch", "mid-epoch-ratio"])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, data_dir, tmp_path, mixing, every_n_steps,
+                                                           resume_step):
     common = dict(model_dir=tiny_model_dir, data_dir=data_dir, log_dir=tmp_path / "logs",
                   method={"class_path": "NPO", "retain": "nll", "lr_schedule": "cosine", "warmup_ratio": 0.2},
-                  trainer={"max_epochs": 4})
+                  trainer={"max_epochs": 4}, data={"mixing": mixing},
+                  top={"checkpoint": {"every_n_train_steps": every_n_steps}} if every_n_steps else None)
     full_cfg = config(tmp_path / "full.yaml", **common)
     cli_main(["fit", "--config", full_cfg, "--trainer.logger.init_args.version", "full"])
 
@@ -117,7 +124,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_model_dir, data_
                   "--trainer.callbacks.init_args.at_step", "6"])
     part_dir = tmp_path / "logs" / "runs" / "part"
     assert not (part_dir / "metrics.json").exists()
-    assert torch.load(part_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4  # epoch 1's end
+    assert torch.load(part_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == resume_step
     cli_main(["fit", "--config", part_cfg, *version, "--ckpt_path", "last"])
 
     full_dir = tmp_path / "logs" / "runs" / "full"

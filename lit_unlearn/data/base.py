@@ -38,6 +38,48 @@ class RowsDataset(Dataset):
         return self.rows[i]
 
 
+class ResumableLoader(DataLoader):
+    """A training DataLoader that resumes in the middle of an epoch (Lightning's ``state_dict`` protocol).
+
+    Its state is how many batches of the current epoch the training loop has run, read from the trainer at save
+    time (a batch Lightning pre-fetched but did not train on is not counted). After ``load_state_dict`` the next
+    pass skips that many batches (modulo its length, for a loader that ``max_size_cycle`` restarted). Samplers are
+    seeded by epoch, so the skipped batches are exactly the ones already trained on.
+    """
+
+    def __init__(self, *args, batches_done=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+        self._skip = 0
+
+    def state_dict(self) -> dict:
+        return {"batches_done": int(self._batches_done()) if self._batches_done is not None else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = int(state.get("batches_done", 0))
+
+    def __iter__(self):
+        return _SkipFirst(super().__iter__(), self)
+
+
+class _SkipFirst:
+    """Iterator that drops the loader's pending ``_skip`` batches at its first ``next`` (Lightning calls ``iter``
+    once only to check a loader is iterable; that call must not use up the skip)."""
+
+    def __init__(self, it, loader: ResumableLoader):
+        self.it, self.loader = it, loader
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.loader._skip:
+            skip, self.loader._skip = self.loader._skip % max(1, len(self.loader)), 0
+            for _ in range(skip):
+                next(self.it)
+        return next(self.it)
+
+
 class _Collate:
     """Picklable collate function (DataLoader workers); ``split_by_role`` turns a mixed batch into forget/retain."""
 
@@ -168,9 +210,17 @@ class ForgetRetainDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset, sampler, batch_size, collate_fn) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(self, dataset, sampler, batch_size, collate_fn, train: bool = False) -> DataLoader:
+        kwargs = dict(batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0)
+        if train:
+            return ResumableLoader(dataset, batches_done=self._batches_done, **kwargs)
+        return DataLoader(dataset, **kwargs)
+
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the training loop has run (0 without a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer is not None else 0
 
     def train_dataloader(self):
         world, rank = self._world()
@@ -185,12 +235,13 @@ class ForgetRetainDataModule(L.LightningDataModule):
                 forget_weights=[x.get("weight", 1.0) for x in f.rows] if any("weight" in x for x in f.rows) else None,
                 retain_weights=[x.get("weight", 1.0) for x in r.rows] if any("weight" in x for x in r.rows) else None,
             )
-            return self._loader(ConcatDataset([f, r]), sampler, self.batch_size, _Collate(pad, split_by_role=True))
+            return self._loader(ConcatDataset([f, r]), sampler, self.batch_size, _Collate(pad, split_by_role=True),
+                                train=True)
         loaders = {}
         for role in roles:
             ds = self.datasets[role]
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-            loaders[role] = self._loader(ds, sampler, self.batch_size, _Collate(pad, role))
+            loaders[role] = self._loader(ds, sampler, self.batch_size, _Collate(pad, role), train=True)
         return CombinedLoader(loaders, mode=self.mixing)
 
     def val_dataloader(self):

@@ -288,6 +288,14 @@ class UnlearningMethod(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # Lightning 2.6 builds the training loader while estimating the schedule's length (configure_optimizers),
+        # before a resumed run's loop state is restored, so the loaders never receive their saved mid-epoch
+        # position; hand it over now, before the first batch is drawn (a no-op for a fresh run).
+        loop = self.trainer.fit_loop
+        if getattr(loop, "_combined_loader_states_to_load", None) and hasattr(loop, "_load_combined_loader_states"):
+            loop._load_combined_loader_states()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable tensors (the adapter) in the checkpoint: the base is reloaded from ``model``."""
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
