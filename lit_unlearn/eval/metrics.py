@@ -27,7 +27,9 @@ from lit_unlearn.data.tokenize import IGNORE
 class TokenStats:
     """Per-token results of one teacher-forced forward, aligned so position t predicts ``labels[:, t]``.
 
-    ``logits`` (B, T, V) and ``labels`` (B, T) are already shifted; ``token_nll`` is 0 outside ``mask``.
+    ``logits`` (B, T, V) are the model's own; ``labels`` (B, T) are the input labels shifted left by one (the
+    last position gets -100). Shifting the labels rather than slicing the logits avoids a copy of the whole
+    (B, T, V) tensor. ``token_nll`` is 0 outside ``mask``.
     """
 
     logits: Tensor
@@ -37,7 +39,7 @@ class TokenStats:
 
     @classmethod
     def from_logits(cls, logits: Tensor, labels: Tensor) -> "TokenStats":
-        logits, labels = logits[:, :-1], labels[:, 1:]
+        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
         mask = labels != IGNORE
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                               ignore_index=IGNORE, reduction="none").view_as(labels)

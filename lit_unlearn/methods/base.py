@@ -206,7 +206,7 @@ class UnlearningMethod(L.LightningModule):
             if b is None:
                 out.append(None)
                 continue
-            n, w = b["input_ids"].size(0), b["input_ids"].size(1) - 1
+            n, w = b["input_ids"].size(0), b["input_ids"].size(1)
             sl = slice(start, start + n)
             out.append(TokenStats(stats.logits[sl, :w], stats.labels[sl, :w], stats.token_nll[sl, :w],
                                   stats.mask[sl, :w]))
