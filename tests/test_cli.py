@@ -181,6 +181,17 @@ def test_second_stage_npo_from_the_first_stage_adapter(fit_run, tiny_model_dir):
     # --export_merged: a plain transformers directory usable as a model name
     merged = load_causal_lm(str(run_dir / "merged"))
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+    # ... whose outputs are the trained model's, and the module now holds that merged model, adapter-free
+    assert cli.model.adapter is None
+    ids = torch.tensor([[5, 17, 42, 8, 99]])
+    torch.testing.assert_close(merged(input_ids=ids).logits, cli.model.lm(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    evaluated = eval_main(["--config", str(run_dir / "config.yaml"), "--model.init_args.model", str(run_dir / "merged"),
+                           "--model.init_args.init_adapter", "null",  # the config's fresh LoRA is the identity
+                           "--trainer.logger.init_args.save_dir", str(root / "logs_merged")])
+    for split in SPLITS:
+        for k in METRICS:
+            assert evaluated.model.last_eval[split][k] == pytest.approx(record["metrics"]["after"][split][k],
+                                                                        rel=1e-4, abs=1e-6)
 
 
 def test_model_name_and_max_length_links(fit_run, tiny_model_dir, tmp_path, no_run):

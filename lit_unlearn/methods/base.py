@@ -324,7 +324,12 @@ class UnlearningMethod(L.LightningModule):
         self.adapter.save(self.lm, path)
 
     def export_merged(self, path) -> None:
-        """Save the base with the adapter folded in, plus the tokenizer, as a plain transformers directory."""
-        model = self.adapter.merge(self.lm) if self.adapter is not None else self.lm
-        model.save_pretrained(str(path))
+        """Save the base with the adapter folded in, plus the tokenizer, as a plain transformers directory.
+
+        Folding is done in place (no second copy of the weights): afterwards this module holds the merged model
+        and no adapter, which computes the same outputs.
+        """
+        if self.adapter is not None:
+            self.lm, self.adapter = self.adapter.merge(self.lm), None
+        self.lm.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
