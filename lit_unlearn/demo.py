@@ -1,6 +1,6 @@
 """The embedded default experiment: learn fictitious facts, then unlearn half of them with NPO + retain NLL.
 
-    python -m lit_unlearn.demo            # ~3 minutes on a 2-core CPU; outputs under checkpoints/demo/
+    python -m lit_unlearn.demo            # ~2 minutes on an idle 2-core CPU; outputs under checkpoints/demo/
 
 1. ``data``: 40 invented people with a birth city (``lit_unlearn.data.synthetic``); 20 are the forget set,
    20 the retain set. SmolLM2-135M-Instruct cannot know them.

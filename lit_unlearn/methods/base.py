@@ -296,9 +296,13 @@ class UnlearningMethod(L.LightningModule):
         if getattr(loop, "_combined_loader_states_to_load", None) and hasattr(loop, "_load_combined_loader_states"):
             loop._load_combined_loader_states()
 
+    def trainable_names(self) -> list[str]:
+        """State-dict names of the trainable tensors: what a checkpoint holds and must hold."""
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable tensors (the adapter) in the checkpoint: the base is reloaded from ``model``."""
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        trainable = set(self.trainable_names())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["lit_unlearn"] = {"method": type(self).__name__, "model": self.model_name,
                                      "adapter": repr(self.adapter), "init_adapter": self.init_adapter}
@@ -306,7 +310,7 @@ class UnlearningMethod(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint that lacks some of this model's trainable tensors (strict_loading is off because
         the base is not in the checkpoint, so a mismatched adapter config would otherwise load nothing)."""
-        trainable = [n for n, p in self.named_parameters() if p.requires_grad]
+        trainable = self.trainable_names()
         missing = [n for n in trainable if n not in checkpoint.get("state_dict", {})]
         if missing:
             saved = checkpoint.get("lit_unlearn", {})
