@@ -65,6 +65,13 @@ SHAPES = {
         vocab=None, tie=False, dtype="float32", quantize=None, device="cpu",
         batch=4, seq_len=128, warmup=3, steps=8, rounds=3, pool=2, threads=1,
     ),
+    # SmolLM2-135M (the embedded model's shape, random weights): hidden 576, 30 layers, 9 heads, 3 kv heads,
+    # intermediate 1536, vocab 49152, tied head. On a CPU: the LM head is ~1/5 of the forward's FLOPs, as in Llama-1B
+    "smollm2-135m": dict(
+        config=dict(hidden_size=576, layers=30, heads=9, kv_heads=3, intermediate_size=1536, max_positions=2048),
+        vocab=49152, tie=True, dtype="float32", quantize=None, device="cpu",
+        batch=4, seq_len=64, warmup=3, steps=4, rounds=2, pool=2, threads=1,
+    ),
     # Llama-3.2-1B: hidden 2048, 16 layers, 32 heads, 8 kv heads, intermediate 8192, vocab 128256, tied head
     "llama-1b": dict(
         config=dict(hidden_size=2048, layers=16, heads=32, kv_heads=8, intermediate_size=8192, max_positions=2048),
@@ -112,7 +119,8 @@ def parse_args(argv=None):
     p.add_argument("--data", choices=["synthetic", "qa"], default="synthetic",
                    help="synthetic: in-bench DataModule of fixed-length random ids (same batch order in all systems);"
                         " qa: lit_unlearn's QADataModule over generated JSONL rows of exactly --seq-len tokens")
-    p.add_argument("--systems", default="a,b,lit", help="comma list of a, b, lit")
+    p.add_argument("--systems", default="a,b,lit",
+                   help="comma list of a, b, lit, lit-logits (lit with lean_head=False: full (B, T, V) logits)")
     p.add_argument("--lit-cli-logging", action="store_true",
                    help="lit with the CLI's logging (TensorBoardLogger, log_every_n_steps=1) instead of logger=False")
     p.add_argument("--model-dir", default=None, help="where the random model is written/reused")
@@ -145,6 +153,9 @@ def parse_args(argv=None):
         p.error(f"unknown method(s) {bad}; choose from GradAscent, GradDiff, NPO, NPO:adapter_off, NPO:cached")
     args.methods = list(dict.fromkeys(methods))
     args.systems = [s.strip() for s in args.systems.split(",")]
+    if set(args.systems) - {"a", "b", "lit", "lit-logits"}:
+        p.error(f"--systems: unknown {sorted(set(args.systems) - {'a', 'b', 'lit', 'lit-logits'})}; "
+                "choose from a, b, lit, lit-logits")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch.cuda.is_available() is False")
     if args.warmup < args.pool:
@@ -546,7 +557,7 @@ def run_hf(args, model_dir, rows_f, rows_r, method: str) -> Run:
 # ---------------------------------------------------------------------------------------------------------------
 # lit_unlearn: lightning.Trainer.fit on the method module
 # ---------------------------------------------------------------------------------------------------------------
-def run_lit(args, model_dir, rows_f, rows_r, method: str, qa_files=None) -> Run:
+def run_lit(args, model_dir, rows_f, rows_r, method: str, qa_files=None, system: str = "lit") -> Run:
     import lightning as L
 
     from lit_unlearn.adapters import LoRA
@@ -567,10 +578,11 @@ def run_lit(args, model_dir, rows_f, rows_r, method: str, qa_files=None) -> Run:
 
     n_f = int(rows_f["attention_mask"][:args.batch].sum())
     n_r = int(rows_r["attention_mask"][:args.batch].sum())
-    run = Run("lit", method, n_f + (0 if method == "GradAscent" else n_r))
+    run = Run(system, method, n_f + (0 if method == "GradAscent" else n_r))
     lora = LoRA(r=args.lora_r, alpha=args.lora_alpha, target_modules="all-linear")
     common = dict(model=str(model_dir), adapter=lora, dtype=args.dtype, quantize=args.quantize,
-                  attn_backend=args.attn_impl, lr=args.lr, max_length=args.seq_len, seed=args.seed)
+                  attn_backend=args.attn_impl, lr=args.lr, max_length=args.seq_len, seed=args.seed,
+                  lean_head=system == "lit")
     t0 = time.perf_counter()
     with PeakMemory(args.device) as mem:
         L.seed_everything(args.seed, verbose=False)
@@ -695,9 +707,9 @@ def summarise(runs: list[Run], args) -> list[dict]:
     for r in rows:
         key = (r["system"], r["method"])
         refs = {}
-        if r["system"] in ("lit", "b"):
+        if r["system"] != "a":
             refs["a"] = ("a", "CE")
-        if r["system"] == "lit":
+        if r["system"].startswith("lit"):
             refs["b"] = ("b", HF_METHOD[r["method"]])
         for name, ref in refs.items():
             vals = ratios(key, ref)
@@ -705,9 +717,9 @@ def summarise(runs: list[Run], args) -> list[dict]:
             r[f"vs_{name}_per_round"] = vals
         if "b" in refs and peaks.get(refs["b"]):
             r["mem_vs_b"] = r["peak_bytes"] / peaks[refs["b"]]
-    order = {"a": 0, "b": 1, "lit": 2}
+    order = {"a": 0, "b": 1, "lit": 2, "lit-logits": 3}
     b_order = list(dict.fromkeys(HF_METHOD.values()))
-    rows.sort(key=lambda r: (order[r["system"]], METHODS.index(r["method"]) if r["system"] == "lit"
+    rows.sort(key=lambda r: (order[r["system"]], METHODS.index(r["method"]) if r["system"].startswith("lit")
                              else b_order.index(r["method"]) if r["system"] == "b" else 0))
     return rows
 
@@ -718,7 +730,7 @@ def print_table(rows: list[dict], args) -> None:
             f"{mem_head:>20}{'loss@0':>10}{'vs (a)':>8}{'vs (b)':>8}{'mem/(b)':>9}   vs (b) per round")
     print(head)
     print("-" * len(head))
-    name = {"a": "(a)", "b": "(b)", "lit": "lit"}
+    name = {"a": "(a)", "b": "(b)", "lit": "lit", "lit-logits": "lit-lg"}
     for r in rows:
         def ratio(k):
             v = r.get(k)
@@ -773,8 +785,9 @@ def main(argv=None) -> int:
     if "a" in args.systems:
         plan.append(("a", "CE"))
     for m in args.methods:
-        if "lit" in args.systems:
-            plan.append(("lit", m))
+        for lit in ("lit", "lit-logits"):
+            if lit in args.systems:
+                plan.append((lit, m))
         if "b" in args.systems and ("b", HF_METHOD[m]) not in plan:
             plan.append(("b", HF_METHOD[m]))
     if "a" in args.systems and len(plan) > 1:
@@ -795,7 +808,7 @@ def main(argv=None) -> int:
             elif system == "b":
                 run = run_hf(args, model_dir, rows_f, rows_r, method)
             else:
-                run = run_lit(args, model_dir, rows_f, rows_r, method, qa_files)
+                run = run_lit(args, model_dir, rows_f, rows_r, method, qa_files, system)
             free_memory()
             run.round = rnd
             runs.append(run)

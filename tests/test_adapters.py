@@ -169,7 +169,7 @@ def test_nf4_base_with_lora_trains_on_cpu(tiny_model_dir_64, make_method):
     base_before = {n: p.detach().clone() for n, p in method.named_parameters() if "lora_" not in n}
     lora_before = {n: p.detach().clone() for n, p in method.named_parameters() if "lora_B" in n}
     with torch.no_grad():
-        ref = method.reference_stats(batch).logits.clone()
+        ref = method.reference_stats(batch, logits=True).logits.clone()
     assert torch.isfinite(ref).all()
 
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-2)
@@ -183,8 +183,8 @@ def test_nf4_base_with_lora_trains_on_cpu(tiny_model_dir_64, make_method):
     assert all(torch.equal(base_before[n], after[n]) for n in base_before)
     assert any(not torch.equal(lora_before[n], after[n]) for n in lora_before)
     with torch.no_grad():
-        assert not torch.allclose(method(batch).logits, ref, atol=1e-4)
-        torch.testing.assert_close(method.reference_stats(batch).logits, ref, rtol=0, atol=1e-5)
+        assert not torch.allclose(method(batch, logits=True).logits, ref, atol=1e-4)
+        torch.testing.assert_close(method.reference_stats(batch, logits=True).logits, ref, rtol=0, atol=1e-5)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")

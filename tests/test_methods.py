@@ -109,8 +109,8 @@ def test_optimizer_steps_change_adapter_and_keep_base(cls, make_method, qa_batch
     method = make_method(cls)
     fb = qa_batch["forget"]
     with torch.no_grad():
-        logits0 = method(fb).logits.clone()
-        ref0 = method.reference_stats(fb).logits.clone()
+        logits0 = method(fb, logits=True).logits.clone()
+        ref0 = method.reference_stats(fb, logits=True).logits.clone()
     # (d) a fresh LoRA (B = 0) is the identity: the model equals its adapter-disabled reference at step 0
     torch.testing.assert_close(logits0, ref0, rtol=0, atol=1e-6)
 
@@ -127,8 +127,8 @@ def test_optimizer_steps_change_adapter_and_keep_base(cls, make_method, qa_batch
     assert len(changed) == len(lora_b), f"LoRA B unchanged: {sorted(set(lora_b) - set(changed))[:3]}"
 
     with torch.no_grad():
-        logits3 = method(fb).logits
-        ref3 = method.reference_stats(fb).logits
+        logits3 = method(fb, logits=True).logits
+        ref3 = method.reference_stats(fb, logits=True).logits
     assert not torch.allclose(logits3, ref3, atol=1e-4), "training did not move the adapted model"
     torch.testing.assert_close(ref3, ref0, rtol=0, atol=1e-6)  # the reference is still the model before training
 
@@ -436,10 +436,10 @@ def test_adapter_dropout_is_active_in_training_and_reference_is_deterministic(ma
     fb = qa_batch["forget"]
     with torch.no_grad():
         torch.manual_seed(0)
-        a = method(fb).logits
-        b = method(fb).logits
-        r1 = method.reference_stats(fb).logits
-        r2 = method.reference_stats(fb).logits
+        a = method(fb, logits=True).logits
+        b = method(fb, logits=True).logits
+        r1 = method.reference_stats(fb, logits=True).logits
+        r2 = method.reference_stats(fb, logits=True).logits
     assert not torch.allclose(a, b), "LoRA dropout had no effect in training"
     torch.testing.assert_close(r1, r2, rtol=0, atol=0)
     assert method.lm.training, "reference_stats left the model in eval mode"

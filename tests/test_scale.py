@@ -16,6 +16,7 @@ import yaml
 from conftest import FORGET_ROWS, REPO_ROOT, RETAIN_ROWS, write_jsonl
 from lit_unlearn.callbacks import AtomicCheckpointIO
 from lit_unlearn.cli import cli_main, eval_main
+from lit_unlearn.methods import ALL_METHODS
 
 
 class CrashAtStep(L.Callback):
@@ -100,6 +101,37 @@ def test_ddp_in_loop_metrics_equal_single_process_eval(tiny_model_dir, data_dir,
     # the in-loop validation logged the trade-off metric ModelCheckpoint selected on
     best = torch.load(record["best_checkpoint"], weights_only=False)
     assert "val/gap" in str(best["callbacks"])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+def test_every_method_trains_and_evaluates_under_ddp(tiny_model_dir, data_dir, tmp_path):
+    """Every method in ALL_METHODS, 2 CPU processes (gloo), one epoch with validation: it finishes, its adapter moved,
+    and the metrics it reduced across ranks equal a single-process evaluation of its last checkpoint."""
+    configs = {}
+    for cls in ALL_METHODS:
+        name = cls.__name__
+        configs[name] = config(tmp_path / f"{name}.yaml", tiny_model_dir, data_dir, tmp_path / "logs",
+                               {"class_path": name},
+                               trainer={"max_epochs": 1, "strategy": "ddp", "devices": 2,
+                                        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                                   "init_args": {"save_dir": str(tmp_path / "logs"), "name": name}}},
+                               data={"eval_splits": {"extra": str(data_dir / "extra.jsonl")}})
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "ddp_run_configs.py"), *configs.values()],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in configs:
+        run_dir = next((tmp_path / "logs" / name).iterdir())
+        record = metrics_of(run_dir)
+        assert record["global_step"] == 2, name  # 8 retain rows, 2 ranks x batch 2, max_size_cycle: 2 steps
+        assert record["before"] != record["after"], f"{name}: the adapter did not change the metrics"
+        last = run_dir / "checkpoints" / "last.ckpt"
+        single = eval_main(["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(last),
+                            "--trainer.strategy", "auto", "--trainer.devices", "1",
+                            "--trainer.logger.init_args.save_dir", str(tmp_path / "eval_logs")])
+        assert set(record["after"]) == {"forget", "retain", "extra"}, name
+        assert_metrics_close(record["after"], single.model.last_eval)
 
 
 # ---- 2. resume ------------------------------------------------------------------------------------------------------

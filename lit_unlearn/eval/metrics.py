@@ -21,21 +21,24 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_unlearn.data.tokenize import IGNORE
+from lit_unlearn.models.head import answer_logprobs
 
 
 @dataclass
 class TokenStats:
     """Per-token results of one teacher-forced forward, aligned so position t predicts ``labels[:, t]``.
 
-    ``logits`` (B, T, V) are the model's own; ``labels`` (B, T) are the input labels shifted left by one (the
-    last position gets -100). Shifting the labels rather than slicing the logits avoids a copy of the whole
-    (B, T, V) tensor. ``token_nll`` is 0 outside ``mask``.
+    ``labels`` (B, T) are the input labels shifted left by one (the last position gets -100); shifting the labels
+    rather than slicing the logits avoids a copy of the whole (B, T, V) tensor. ``token_nll`` is 0 outside
+    ``mask``. ``logits`` (B, T, V) are the model's own when the forward produced them (:meth:`from_logits`);
+    the memory-lean path (:meth:`from_hidden`) has none and records ``hits`` (argmax == label) instead.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     labels: Tensor
     token_nll: Tensor
     mask: Tensor
+    hits: Tensor | None = None
 
     @classmethod
     def from_logits(cls, logits: Tensor, labels: Tensor) -> "TokenStats":
@@ -44,6 +47,20 @@ class TokenStats:
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                               ignore_index=IGNORE, reduction="none").view_as(labels)
         return cls(logits, labels, nll * mask, mask)
+
+    @classmethod
+    def from_hidden(cls, hidden: Tensor, head, labels: Tensor) -> "TokenStats":
+        """From the head's input (B, T, H): only answer positions go through ``head``, in chunks
+        (:func:`lit_unlearn.models.head.answer_logprobs`); the same numbers as :meth:`from_logits` without logits."""
+        labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        lp, hits = answer_logprobs(hidden, head, labels)
+        return cls(None, labels, -lp, labels != IGNORE, hits)
+
+    def rows(self, sl: slice, width: int) -> "TokenStats":
+        """Rows ``sl``, first ``width`` positions (splitting a fused forward back into its batches)."""
+        def cut(t):
+            return None if t is None else t[sl, :width]
+        return TokenStats(cut(self.logits), cut(self.labels), cut(self.token_nll), cut(self.mask), cut(self.hits))
 
     @property
     def n_tokens(self) -> Tensor:
@@ -73,6 +90,8 @@ class TokenStats:
 
     def correct(self) -> Tensor:
         """(B, T) bool: answer positions where argmax equals the gold token."""
+        if self.hits is not None:
+            return self.hits & self.mask
         return (self.logits.argmax(-1) == self.labels) & self.mask
 
 

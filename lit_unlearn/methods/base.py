@@ -13,6 +13,7 @@ adapter disabled (``Adapter.disabled``), never a copy; per-row forget NLLs can b
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -20,13 +21,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_unlearn.adapters.base import Adapter
 from lit_unlearn.adapters.lora import merge_saved_adapter
 from lit_unlearn.data.tokenize import IGNORE, encode_batch
 from lit_unlearn.eval.metrics import AnswerMetrics, TokenStats
+from lit_unlearn.models.head import capture_head_input, head_output_is_logits, lean_head_of
 from lit_unlearn.models.loading import DEFAULT_MODEL, AttnBackend, Quantize, load_causal_lm, load_tokenizer
+
+log = logging.getLogger(__name__)
 
 Retain = Literal["none", "nll", "kl"]
 Reference = Literal["adapter_off", "cached"]
@@ -62,6 +66,7 @@ class UnlearningMethod(L.LightningModule):
         optimizer: OptimizerCallable | None = None,
         max_length: int = 256,
         fuse_forward: bool = True,
+        lean_head: bool = True,
         seed: int = 0,
     ):
         """
@@ -86,6 +91,9 @@ class UnlearningMethod(L.LightningModule):
             optimizer: an optimizer class path with its arguments, replacing the default AdamW(lr, weight_decay).
             max_length: longest sequence in tokens (linked from ``data.max_length`` by the CLI).
             fuse_forward: run forget and retain rows through the model in one forward (same numbers, faster).
+            lean_head: score answer tokens from the LM head's input, answer positions only and in chunks, instead
+                of materialising all (B, T, V) logits (same numbers, far less memory); falls back to logits by
+                itself where the model's logits are not its plain frozen head's output, and for ``retain: kl``.
             seed: seeds per-row random choices of the method (e.g. random labels).
         """
         super().__init__()
@@ -103,12 +111,13 @@ class UnlearningMethod(L.LightningModule):
         self.reference = reference
         self.lr, self.weight_decay, self.warmup_ratio, self.lr_schedule = lr, weight_decay, warmup_ratio, lr_schedule
         self.optimizer_factory = optimizer
-        self.max_length, self.fuse_forward, self.seed = max_length, fuse_forward, seed
+        self.max_length, self.fuse_forward, self.lean_head, self.seed = max_length, fuse_forward, lean_head, seed
         self.lm = None
         self.tokenizer = None
         self.metrics = torch.nn.ModuleDict()
         self.last_eval: dict[str, dict[str, float]] = {}
         self._ref_cache: dict[int, float] = {}
+        self._head: tuple[nn.Module | None] | None = None  # (lean head or None,) once checked; a tuple: no submodule
         # the checkpoint holds the adapter only; the base is reloaded from `model`
         self.strict_loading = False
 
@@ -131,18 +140,52 @@ class UnlearningMethod(L.LightningModule):
         # from_pretrained returns eval mode; train as the original recipes do (base dropout on, e.g. OPT's 0.1)
         self.lm.train()
 
-    def forward(self, batch: dict) -> TokenStats:
+    @property
+    def needs_logits(self) -> bool:
+        """Whether the training loss needs full (B, T, V) logits (a KL retain term), not only answer log-probs."""
+        return self.retain == "kl"
+
+    def forward(self, batch: dict, logits: bool = False) -> TokenStats:
+        """Per-token results of ``batch``; ``logits=True`` keeps the full (B, T, V) logits in them."""
         extra = self.adapter.forward_kwargs(batch) if self.adapter is not None else {}
-        out = self.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **extra)
-        return TokenStats.from_logits(out.logits, batch["labels"])
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **extra)
+        head = None if logits else self._lean_head(inputs, probe_one_row=not extra)
+        if head is None:
+            return TokenStats.from_logits(self.lm(**inputs).logits, batch["labels"])
+        with capture_head_input(head) as seen:
+            self.lm(**inputs)
+        return TokenStats.from_hidden(seen[-1], head, batch["labels"])
+
+    def _lean_head(self, inputs: dict, probe_one_row: bool) -> nn.Module | None:
+        """The head for :meth:`TokenStats.from_hidden`, or None (``lean_head`` off, or the model does not qualify:
+        checked once, on the first batch, see :mod:`lit_unlearn.models.head`)."""
+        if not self.lean_head:
+            return None
+        if self._head is None:
+            head = lean_head_of(self.lm)
+            if head is not None:
+                probe = {k: (v[:1] if isinstance(v, Tensor) else v) for k, v in inputs.items()} if probe_one_row \
+                    else inputs  # an adapter's extra inputs (prefixes) may not slice by row
+                was_training = self.lm.training
+                self.lm.eval()  # dropout off: the probe compares the logits with the head's output of one forward
+                try:
+                    if not head_output_is_logits(self.lm, head, **probe):
+                        head = None
+                finally:
+                    self.lm.train(was_training)
+            if head is None:
+                log.info("lean_head: %s's logits are not a plain frozen head's output; using full logits",
+                         type(self.lm).__name__)
+            self._head = (head,)
+        return self._head[0]
 
     @torch.no_grad()
-    def reference_stats(self, batch: dict) -> TokenStats:
+    def reference_stats(self, batch: dict, logits: bool = False) -> TokenStats:
         """The reference model's per-token results: the adapter disabled, no gradient."""
         if self.adapter is None:
             raise MethodError(f"{type(self).__name__} needs an adapter for its reference model")
         with self.adapter.disabled(self.lm):
-            return self.forward(batch)
+            return self.forward(batch, logits=logits)
 
     def reference_seq_nll(self, batch: dict) -> Tensor:
         """(B,) reference NLL_seq of each row; with ``reference: cached`` each row is computed once."""
@@ -174,7 +217,7 @@ class UnlearningMethod(L.LightningModule):
         if self.retain == "nll":
             return stats.ce
         if self.retain == "kl":
-            ref = self.reference_stats(batch)
+            ref = self.reference_stats(batch, logits=True)
             logp = F.log_softmax(stats.logits.float(), -1)
             logq = F.log_softmax(ref.logits.float(), -1)
             kl = (logq.exp() * (logq - logp)).sum(-1)
@@ -189,8 +232,9 @@ class UnlearningMethod(L.LightningModule):
     def stats_for(self, batches: list[dict | None]) -> list[TokenStats | None]:
         """Per-batch :class:`TokenStats`; with ``fuse_forward`` all batches go through one forward."""
         present = [b for b in batches if b is not None]
+        logits = self.needs_logits
         if not self.fuse_forward or len(present) < 2:
-            return [self(b) if b is not None else None for b in batches]
+            return [self(b, logits=logits) if b is not None else None for b in batches]
         width = max(b["input_ids"].size(1) for b in present)
         pad = self.tokenizer.pad_token_id
 
@@ -200,7 +244,7 @@ class UnlearningMethod(L.LightningModule):
         fused = {"input_ids": torch.cat([widen(b["input_ids"], pad) for b in present]),
                  "attention_mask": torch.cat([widen(b["attention_mask"], 0) for b in present]),
                  "labels": torch.cat([widen(b["labels"], IGNORE) for b in present])}
-        stats = self(fused)
+        stats = self(fused, logits=logits)
         out, start = [], 0
         for b in batches:
             if b is None:
@@ -208,8 +252,7 @@ class UnlearningMethod(L.LightningModule):
                 continue
             n, w = b["input_ids"].size(0), b["input_ids"].size(1)
             sl = slice(start, start + n)
-            out.append(TokenStats(stats.logits[sl, :w], stats.labels[sl, :w], stats.token_nll[sl, :w],
-                                  stats.mask[sl, :w]))
+            out.append(stats.rows(sl, w))
             start += n
         return out
 
@@ -335,5 +378,6 @@ class UnlearningMethod(L.LightningModule):
         """
         if self.adapter is not None:
             self.lm, self.adapter = self.adapter.merge(self.lm), None
+            self._head = None
         self.lm.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
