@@ -129,6 +129,9 @@ def parse_args(argv=None):
     p.add_argument("--process-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="one untimed (a) step before everything, so that one-time process costs (kernel caches,"
                         " allocator pools) are not charged to the first system; default: on for cpu")
+    p.add_argument("--step-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="one extra, untimed step per run whose exact tensor-memory peak the profiler measures"
+                        " (StepMemory); default: on for cpu (CUDA has max_memory_allocated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     args = p.parse_args(argv)
@@ -139,6 +142,8 @@ def parse_args(argv=None):
     args.seq_len = args.seq_len or shape["seq_len"]
     args.threads = args.threads or (shape.get("threads") if (args.device or shape["device"]) == "cpu" else None)
     args.device = args.device or shape["device"]
+    if args.step_memory is None:
+        args.step_memory = args.device == "cpu"
     if args.process_warmup is None:
         args.process_warmup = args.device == "cpu"
     args.vocab = args.vocab if args.vocab is not None else shape["vocab"]
@@ -350,7 +355,10 @@ class PeakMemory:
         while not self._stop.wait(0.005):
             self.peak = max(self.peak, _rss_bytes())
 
-    def __exit__(self, *exc):
+    def freeze(self) -> None:
+        """Take the value now (before the memory-profiled step, whose profiler buffers would count otherwise)."""
+        if hasattr(self, "value"):
+            return
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.value = torch.cuda.max_memory_allocated()
@@ -359,6 +367,9 @@ class PeakMemory:
             self._thread.join()
             self.peak = max(self.peak, _rss_bytes())
             self.value = self.peak - self.base
+
+    def __exit__(self, *exc):
+        self.freeze()
         return False
 
 
@@ -371,31 +382,83 @@ class Run:
     loop_s: float = 0.0  # from the end of the last warm-up step to the end of the last step
     first_loss: float | None = None
     peak_bytes: int = 0
+    step_peak_bytes: int | None = None  # CPU: exact peak of tensors allocated during one step (StepMemory)
     setup_s: float = 0.0
     round: int = 0
 
 
-class Timer:
-    """Shared bookkeeping for the three systems' step hooks."""
+class StepMemory:
+    """CPU: the exact peak, during one training step, of the bytes of tensors allocated in that step and still alive
+    (activations, gradients, temporaries, optimizer updates), from the PyTorch profiler's memory timeline
+    (``profile_memory`` + ``record_shapes`` + ``with_stack``; a private torch API, so failures give None). Tensors
+    alive before the step (weights, optimizer state) are not counted, so the systems compare on what the step
+    itself needs. The profiled step is slow and is not timed."""
 
-    def __init__(self, device: str, warmup: int):
-        self.device, self.warmup = device, warmup
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                            with_stack=True)
+        self.prof.start()
+
+    def stop(self) -> int | None:
+        self.prof.stop()
+        try:
+            from torch.profiler._memory_profiler import Action
+
+            live, cur, peak = {}, 0, 0
+            for _, action, (key, _version), size in self.prof._memory_profile().timeline:
+                if action == Action.CREATE:
+                    live[key] = size
+                    cur += size
+                elif action == Action.DESTROY and key in live:
+                    cur -= live.pop(key)
+                peak = max(peak, cur)
+            return peak
+        except Exception as e:  # noqa: BLE001 - a private API: report, do not fail the benchmark
+            print(f"[bench] step memory unavailable: {e!r}", file=sys.stderr)
+            return None
+
+
+def total_steps(args) -> int:
+    """Warm-up + timed steps, plus the untimed memory-profiled step (CPU) at the end."""
+    return args.warmup + args.steps + (1 if args.step_memory else 0)
+
+
+class Timer:
+    """Shared bookkeeping for the three systems' step hooks; profiles the memory of the step after the timed ones."""
+
+    def __init__(self, args):
+        self.device, self.warmup = args.device, args.warmup
+        self.probe_at = args.warmup + args.steps if args.step_memory else None
         self.times: list[float] = []
         self.ends: list[float] = []
         self.t0 = 0.0
+        self.probe: StepMemory | None = None
+        self.step_peak: int | None = None
+        self.mem: PeakMemory | None = None  # frozen before the profiled step
 
     def start(self):
         sync(self.device)
+        if len(self.times) == self.probe_at:
+            if self.mem is not None:
+                self.mem.freeze()
+            self.probe = StepMemory()
+            self.probe.start()
         self.t0 = time.perf_counter()
 
     def stop(self):
         sync(self.device)
         t = time.perf_counter()
+        if self.probe is not None:
+            self.step_peak, self.probe = self.probe.stop(), None
+            return
         self.times.append(t - self.t0)
         self.ends.append(t)
 
     def fill(self, run: Run) -> None:
         run.step_s = self.times[self.warmup:]
+        run.step_peak_bytes = self.step_peak
         if len(self.ends) > self.warmup:
             first = self.ends[self.warmup - 1] if self.warmup > 0 else self.ends[0] - self.times[0]
             run.loop_s = self.ends[-1] - first
@@ -446,13 +509,14 @@ def run_plain(args, model_dir, rows_f, rows_r) -> Run:
             for f, r in zip(bf, br)]
     run = Run("a", "CE", int(data[0]["attention_mask"].sum()))
     t0 = time.perf_counter()
+    timer = Timer(args)
     with PeakMemory(args.device) as mem:
+        timer.mem = mem
         seed_all(args.seed)
         model = load_peft_model(args, model_dir)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
         run.setup_s = time.perf_counter() - t0
-        timer = Timer(args.device, args.warmup)
-        for step in range(args.warmup + args.steps):
+        for step in range(total_steps(args)):
             b = data[step % len(data)]
             timer.start()
             out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
@@ -518,7 +582,7 @@ def run_hf(args, model_dir, rows_f, rows_r, method: str) -> Run:
                 UnlearnTrainer.first_loss = float(loss)
             return (loss, f_out) if return_outputs else loss
 
-    timer = Timer(args.device, args.warmup)
+    timer = Timer(args)
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -532,10 +596,11 @@ def run_hf(args, model_dir, rows_f, rows_r, method: str) -> Run:
     run = Run("b", method, n_f + (0 if method == "GradAscent" else n_r))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir, PeakMemory(args.device) as mem:
+        timer.mem = mem
         seed_all(args.seed)
         model = load_peft_model(args, model_dir)
         targs = TrainingArguments(
-            output_dir=out_dir, max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
+            output_dir=out_dir, max_steps=total_steps(args), per_device_train_batch_size=args.batch,
             learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
             optim=args.hf_optim, max_grad_norm=0.0, eval_strategy="no", save_strategy="no", report_to=[],
             disable_tqdm=True, use_cpu=args.device == "cpu", remove_unused_columns=False, seed=args.seed,
@@ -563,7 +628,7 @@ def run_lit(args, model_dir, rows_f, rows_r, method: str, qa_files=None, system:
     from lit_unlearn.adapters import LoRA
     from lit_unlearn.methods import NPO, GradAscent, GradDiff
 
-    timer = Timer(args.device, args.warmup)
+    timer = Timer(args)
 
     class StepTimer(L.Callback):
         first_loss = None
@@ -585,6 +650,7 @@ def run_lit(args, model_dir, rows_f, rows_r, method: str, qa_files=None, system:
                   lean_head=system == "lit")
     t0 = time.perf_counter()
     with PeakMemory(args.device) as mem:
+        timer.mem = mem
         L.seed_everything(args.seed, verbose=False)
         if method == "GradAscent":
             module = GradAscent(**common)
@@ -607,7 +673,7 @@ def run_lit(args, model_dir, rows_f, rows_r, method: str, qa_files=None, system:
             tb = TensorBoardLogger(tempfile.mkdtemp(prefix="lit_unlearn_bench_tb_"))
             log_kw = dict(logger=tb, log_every_n_steps=1)
         trainer = L.Trainer(
-            max_steps=args.warmup + args.steps, **log_kw, enable_checkpointing=False,
+            max_steps=total_steps(args), **log_kw, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
             accelerator="gpu" if args.device == "cuda" else "cpu", devices=1, callbacks=[cb],
         )
@@ -685,6 +751,7 @@ def summarise(runs: list[Run], args) -> list[dict]:
             "tokens_per_s": rs[0].tokens_per_step / med,
             "wall_tokens_per_s": rs[0].tokens_per_step * n_timed / sum(r.loop_s for r in rs),
             "peak_bytes": max(r.peak_bytes for r in rs),
+            "step_peak_bytes": max((r.step_peak_bytes for r in rs if r.step_peak_bytes is not None), default=None),
             "first_loss": rs[0].first_loss, "setup_s": statistics.median(r.setup_s for r in rs),
             "timed_steps": n_timed, "rounds": len(rs),
         })
@@ -704,6 +771,7 @@ def summarise(runs: list[Run], args) -> list[dict]:
         return out
 
     peaks = {(r["system"], r["method"]): r["peak_bytes"] for r in rows}
+    step_peaks = {(r["system"], r["method"]): r["step_peak_bytes"] for r in rows}
     for r in rows:
         key = (r["system"], r["method"])
         refs = {}
@@ -717,6 +785,8 @@ def summarise(runs: list[Run], args) -> list[dict]:
             r[f"vs_{name}_per_round"] = vals
         if "b" in refs and peaks.get(refs["b"]):
             r["mem_vs_b"] = r["peak_bytes"] / peaks[refs["b"]]
+        if "b" in refs and r["step_peak_bytes"] and step_peaks.get(refs["b"]):
+            r["step_mem_vs_b"] = r["step_peak_bytes"] / step_peaks[refs["b"]]
     order = {"a": 0, "b": 1, "lit": 2, "lit-logits": 3}
     b_order = list(dict.fromkeys(HF_METHOD.values()))
     rows.sort(key=lambda r: (order[r["system"]], METHODS.index(r["method"]) if r["system"].startswith("lit")
@@ -726,8 +796,10 @@ def summarise(runs: list[Run], args) -> list[dict]:
 
 def print_table(rows: list[dict], args) -> None:
     mem_head = "peak mem" if args.device == "cuda" else "peak RSS+ (approx)"
+    step_mem = any(r.get("step_peak_bytes") for r in rows)
     head = (f"{'system':<7}{'method':<17}{'tok/step':>9}{'step ms':>10}{'tokens/s':>11}{'wall tok/s':>11}"
-            f"{mem_head:>20}{'loss@0':>10}{'vs (a)':>8}{'vs (b)':>8}{'mem/(b)':>9}   vs (b) per round")
+            f"{mem_head:>20}{'loss@0':>10}{'vs (a)':>8}{'vs (b)':>8}{'mem/(b)':>9}"
+            + (f"{'step peak':>11}{'step/(b)':>10}" if step_mem else "") + "   vs (b) per round")
     print(head)
     print("-" * len(head))
     name = {"a": "(a)", "b": "(b)", "lit": "lit", "lit-logits": "lit-lg"}
@@ -736,9 +808,13 @@ def print_table(rows: list[dict], args) -> None:
             v = r.get(k)
             return f"{v:.2f}x" if v is not None else "-"
         loss = f"{r['first_loss']:.4f}" if r["first_loss"] is not None else "-"
+        step = ""
+        if step_mem:
+            sp = r.get("step_peak_bytes")
+            step = f"{(f'{sp / 2**20:.1f} MiB' if sp else '-'):>11}{ratio('step_mem_vs_b'):>10}"
         print(f"{name[r['system']]:<7}{r['method']:<17}{r['tokens_per_step']:>9}{r['step_ms_median']:>10.1f}"
               f"{r['tokens_per_s']:>11.0f}{r['wall_tokens_per_s']:>11.0f}{fmt_mem(r['peak_bytes'], args.device):>20}"
-              f"{loss:>10}{ratio('vs_a'):>8}{ratio('vs_b'):>8}{ratio('mem_vs_b'):>9}   "
+              f"{loss:>10}{ratio('vs_a'):>8}{ratio('vs_b'):>8}{ratio('mem_vs_b'):>9}{step}   "
               + " ".join(f"{v:.2f}" for v in r.get("vs_b_per_round", [])))
 
 
@@ -829,6 +905,9 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         print("peak RSS+ is approximate: the increase of the process RSS over its value before the system was "
               "built, sampled every 5 ms.")
+    if args.step_memory:
+        print("step peak is exact: the profiler's peak of bytes of tensors allocated during one extra, untimed step "
+              "and alive at once (weights and optimizer state excluded); step/(b) its ratio to (b)'s.")
     print("tokens/step: non-pad tokens of the rows the step feeds through the model (GradAscent: forget rows only).")
     print("step ms, tokens/s: median over the timed steps of all rounds; vs (a) / vs (b): tokens/s ratio computed "
           "within each round, median over rounds (lit NPO:* vs (b) NPO).")

@@ -7,8 +7,13 @@ metrics whether ``argmax == y_t``). Its gradient with respect to the hidden stat
 
 times the scalar that flows back into ``lp_t``. :class:`AnswerLogProb` computes that vector in the forward pass,
 chunk by chunk, and keeps only it (N x hidden) for the backward, instead of the (B, T, V) logits, their fp32
-copy and the log-softmax that ``model(...).logits`` followed by cross-entropy keeps (at a 128k vocabulary and
-8 x 512 tokens: about 5 GB in bf16/fp32 against a few MB here). Prompt and padding positions never reach the head.
+copy and the log-softmax that ``model(...).logits`` followed by cross-entropy hold (by arithmetic, for a 1B Llama
+at a 128k vocabulary and 8 x 512 tokens in bf16: ~3 GB kept for the backward and ~5 GB at the loss's peak, against
+8 MB kept and ~0.3 GB of per-chunk temporaries here). Prompt and padding positions never reach the head, which
+also saves their share of the head's FLOPs.
+
+The selection of answer positions (``hidden[mask]``) has a data-dependent size: one host sync per forward on a
+GPU, and a graph break for ``torch.compile`` (compile the decoder body, not this function).
 
 The head is used this way only when that is exactly what the model computes (:func:`lean_head_of`): a plain
 ``nn.Linear`` with a frozen weight (LoRA leaves it frozen; full-parameter training falls back to the logits
