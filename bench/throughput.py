@@ -5,6 +5,7 @@ Systems (all on a freshly built model from the same saved random weights, same s
 * ``lit``   lit_unlearn as a user runs it: ``lightning.Trainer.fit`` on a method module (GradAscent, GradDiff,
             NPO with ``reference: adapter_off`` and NPO with ``reference: cached``; NPO with ``retain: nll``)
             over a LightningDataModule that yields ``{"forget": batch, "retain": batch}``.
+* ``lit-logits``  the same with ``lean_head=False`` (full (B, T, V) logits): the ablation of the memory-lean head.
 * ``(a)``   speed-of-light reference: a plain PyTorch + transformers + peft loop; forward, backward, AdamW step
             on one batch (forget + retain rows concatenated, CE loss).
 * ``(b)``   the architecture of the original papers / open-unlearning: a ``transformers.Trainer`` subclass whose
@@ -16,7 +17,8 @@ step, ``torch.cuda.synchronize`` on GPU, warm-up steps dropped), tokens/s = non-
 feeds through the model / median step time, a loop-level "wall" tokens/s (all timed steps incl. data loading and
 inter-step overhead), peak memory (CUDA: max_memory_allocated; CPU: approximate peak RSS increase sampled by a
 thread) and the loss of the first step (the three systems see the same first batch with ``--data synthetic``, and
-a fresh LoRA is the identity, so lit and (b) must agree there).
+a fresh LoRA is the identity, so lit and (b) must agree there). On CPU one extra, untimed step per run measures the
+exact peak of the tensors the step allocates (``StepMemory``, the profiler's memory timeline).
 
     python bench/throughput.py --shape tiny                          # CPU, a few minutes
     python bench/throughput.py --shape llama-1b --device cuda        # bf16, LoRA r=16 on all projections
@@ -818,7 +820,44 @@ def print_table(rows: list[dict], args) -> None:
               + " ".join(f"{v:.2f}" for v in r.get("vs_b_per_round", [])))
 
 
+def markdown_table(path: str) -> str:
+    """The summary of a ``--json`` result file as the markdown table docs/benchmarks.md shows."""
+    d = json.loads(Path(path).read_text())
+    device = d["args"]["device"]
+    rows = d["summary"]
+    step_mem = any(r.get("step_peak_bytes") for r in rows)
+    name = {"a": "(a)", "b": "(b)", "lit": "lit", "lit-logits": "lit, logits"}
+
+    def ratio(r, k, bold=False):
+        v = r.get(k)
+        return "-" if v is None else (f"**{v:.2f}x**" if bold else f"{v:.2f}x")
+
+    head = ["system", "method", "tok/step", "step ms median [min-max]", "tokens/s", "wall tok/s",
+            "peak mem" if device == "cuda" else "peak RSS+ (approx)", "loss@0", "vs (a)", "vs (b) (per round)",
+            "mem / (b)"] + (["step peak (exact)", "step / (b)"] if step_mem else [])
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for r in rows:
+        lit = r["system"].startswith("lit")
+        per_round = " ".join(f"{v:.2f}" for v in r.get("vs_b_per_round", []))
+        cells = [name[r["system"]], r["method"].replace(":", ", ") if lit else
+                 (f"CE, {r['tokens_per_step'] // d['args']['seq_len']} rows" if r["system"] == "a" else r["method"]),
+                 str(r["tokens_per_step"]),
+                 f"{r['step_ms_median']:.1f} [{r['step_ms_min']:.0f}-{r['step_ms_max']:.0f}]",
+                 f"{r['tokens_per_s']:.0f}", f"{r['wall_tokens_per_s']:.0f}", fmt_mem(r["peak_bytes"], device),
+                 f"{r['first_loss']:.4f}" if r["first_loss"] is not None else "-",
+                 ratio(r, "vs_a"), (f"{ratio(r, 'vs_b', r['system'] == 'lit')} ({per_round})" if lit else "-"),
+                 ratio(r, "mem_vs_b")]
+        if step_mem:
+            sp = r.get("step_peak_bytes")
+            cells += [f"{sp / 2**20:.1f} MiB" if sp else "-", ratio(r, "step_mem_vs_b", r["system"] == "lit")]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        print(markdown_table(sys.argv[2]))  # python bench/throughput.py --markdown results.json
+        return 0
     args = parse_args(argv)
     quiet()
     if args.threads:

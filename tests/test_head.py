@@ -135,3 +135,30 @@ def test_full_parameter_training_and_kl_retain_use_logits(make_method, qa_batch)
     assert kl.needs_logits
     f_stats, r_stats = kl.stats_for([qa_batch["forget"], qa_batch["retain"]])
     assert r_stats.logits is not None
+
+
+class WithHead(torch.nn.Module):
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def test_lean_head_of_takes_only_a_plain_frozen_unwrapped_linear():
+    from lit_unlearn.models.head import lean_head_of
+
+    frozen = torch.nn.Linear(4, 9).requires_grad_(False)
+    assert lean_head_of(WithHead(frozen)) is frozen
+    assert lean_head_of(WithHead(torch.nn.Linear(4, 9))) is None  # trainable weight
+
+    class Scaled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert lean_head_of(WithHead(Scaled(4, 9).requires_grad_(False))) is None
+    wrapped = torch.nn.Linear(4, 9).requires_grad_(False)
+    wrapped.forward = lambda x, _f=wrapped.forward: _f(x.to("cpu"))  # a dispatch hook's wrapper
+    assert lean_head_of(WithHead(wrapped)) is None
+    assert lean_head_of(torch.nn.Linear(4, 9)) is None  # no get_output_embeddings at all

@@ -90,6 +90,8 @@ def lean_head_of(model: nn.Module) -> nn.Linear | None:
     head = get() if get is not None else None
     if type(head) is not nn.Linear or head.weight.requires_grad:
         return None
+    if "forward" in vars(head) or hasattr(head, "_hf_hook"):
+        return None  # its forward is already wrapped (e.g. accelerate's device-dispatch hooks): leave it alone
     if head.bias is not None and head.bias.requires_grad:
         return None
     return head
