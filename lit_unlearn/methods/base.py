@@ -166,13 +166,14 @@ class UnlearningMethod(L.LightningModule):
             if head is not None:
                 probe = {k: (v[:1] if isinstance(v, Tensor) else v) for k, v in inputs.items()} if probe_one_row \
                     else inputs  # an adapter's extra inputs (prefixes) may not slice by row
-                was_training = self.lm.training
+                modes = {m: m.training for m in self.lm.modules()}
                 self.lm.eval()  # dropout off: the probe compares the logits with the head's output of one forward
                 try:
                     if not head_output_is_logits(self.lm, head, **probe):
                         head = None
                 finally:
-                    self.lm.train(was_training)
+                    for m, training in modes.items():  # every module back to its own mode, not the root's
+                        m.training = training
             if head is None:
                 log.info("lean_head: %s's logits are not a plain frozen head's output; using full logits",
                          type(self.lm).__name__)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_unlearn.data.tokenize import IGNORE
+
 #: logits elements per chunk (fp32: 128 MiB); 261 tokens at a 128k vocabulary, the whole batch at small ones
 CHUNK_ELEMENTS = 2**25
 
@@ -75,7 +77,7 @@ def answer_logprobs(hidden: Tensor, head: nn.Linear, labels: Tensor, chunk_eleme
 
     Returns ``(lp, hit)``, both (B, T): float32 log-prob (0 where not scored) and bool argmax-correct (False there).
     """
-    mask = labels != -100
+    mask = labels != IGNORE
     chunk = max(1, chunk_elements // head.weight.size(0))
     grad = torch.is_grad_enabled() and hidden.requires_grad
     lp_sel, hit_sel = AnswerLogProb.apply(hidden[mask], head.weight, head.bias, labels[mask], chunk, grad)
