@@ -89,6 +89,7 @@ SHAPES = {
 }
 
 METHODS = ("GradAscent", "GradDiff", "NPO:adapter_off", "NPO:cached")
+SYSTEMS = ("a", "b", "lit", "lit-logits")  # table order; lit-logits = lit with lean_head=False
 HF_METHOD = {"GradAscent": "GradAscent", "GradDiff": "GradDiff", "NPO:adapter_off": "NPO", "NPO:cached": "NPO"}
 
 
@@ -136,6 +137,8 @@ def parse_args(argv=None):
                         " (StepMemory); default: on for cpu (CUDA has max_memory_allocated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--markdown", metavar="JSON", default=None,
+                   help="print a saved --json result as the markdown table of docs/benchmarks.md, run nothing")
     args = p.parse_args(argv)
     shape = SHAPES[args.shape]
     for k in ("steps", "warmup", "rounds", "batch", "pool"):
@@ -160,9 +163,9 @@ def parse_args(argv=None):
         p.error(f"unknown method(s) {bad}; choose from GradAscent, GradDiff, NPO, NPO:adapter_off, NPO:cached")
     args.methods = list(dict.fromkeys(methods))
     args.systems = [s.strip() for s in args.systems.split(",")]
-    if set(args.systems) - {"a", "b", "lit", "lit-logits"}:
-        p.error(f"--systems: unknown {sorted(set(args.systems) - {'a', 'b', 'lit', 'lit-logits'})}; "
-                "choose from a, b, lit, lit-logits")
+    unknown = sorted(set(args.systems) - set(SYSTEMS))
+    if unknown:
+        p.error(f"--systems: unknown {unknown}; choose from {', '.join(SYSTEMS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch.cuda.is_available() is False")
     if args.warmup < args.pool:
@@ -789,9 +792,8 @@ def summarise(runs: list[Run], args) -> list[dict]:
             r["mem_vs_b"] = r["peak_bytes"] / peaks[refs["b"]]
         if "b" in refs and r["step_peak_bytes"] and step_peaks.get(refs["b"]):
             r["step_mem_vs_b"] = r["step_peak_bytes"] / step_peaks[refs["b"]]
-    order = {"a": 0, "b": 1, "lit": 2, "lit-logits": 3}
     b_order = list(dict.fromkeys(HF_METHOD.values()))
-    rows.sort(key=lambda r: (order[r["system"]], METHODS.index(r["method"]) if r["system"].startswith("lit")
+    rows.sort(key=lambda r: (SYSTEMS.index(r["system"]), METHODS.index(r["method"]) if r["system"].startswith("lit")
                              else b_order.index(r["method"]) if r["system"] == "b" else 0))
     return rows
 
@@ -855,10 +857,10 @@ def markdown_table(path: str) -> str:
 
 
 def main(argv=None) -> int:
-    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--markdown":
-        print(markdown_table(sys.argv[2]))  # python bench/throughput.py --markdown results.json
-        return 0
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown_table(args.markdown))
+        return 0
     quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
