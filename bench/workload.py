@@ -131,7 +131,7 @@ def qa_jsonl(path: Path, tokenizer, args, role: str) -> None:
     """JSONL rows whose ``Question: {q}\\nAnswer: {a}`` is exactly ``seq_len`` tokens (answer ~ answer_frac)."""
     import random
 
-    from lit_unlearn.data.tokenize import encode
+    from lit_unlearn.core.tokens import encode
 
     rng = random.Random(f"{args.seed}:{role}")
     L = args.seq_len

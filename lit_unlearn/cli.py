@@ -3,9 +3,11 @@
 LightningCLI with methods and data modules picked by short class name (``class_path: NPO``). Links:
 ``model.model -> data.tokenizer`` (one model name) and ``data.max_length -> model.max_length``.
 
-Every ``fit`` run evaluates all splits before and after training and writes, next to its TensorBoard events,
-``metrics.json`` (command, config, package versions, metrics before/after, wall time per stage) and ``adapter/``
-(the adapter alone). ``validate``/``test`` runs write ``eval_metrics.json`` the same way.
+Every ``fit`` run evaluates all splits before and after training (each split runs the evaluators its data module
+names) and writes, next to its TensorBoard events, ``metrics.json`` (command, config, package versions, metrics
+before/after, wall time per stage), ``adapter/`` (the adapter alone) and the evaluators' per-row records under
+``rows/before/`` and ``rows/after/`` (``<split>.<evaluator>.jsonl``, keyed on stable row ids). ``validate``/``test``
+runs write ``eval_metrics.json`` and ``rows/eval/`` the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 import lit_unlearn.adapters  # noqa: F401  (registers adapter classes for class_path short names)
 from lit_unlearn.callbacks import AtomicCheckpointIO, CollapseGuard, UnlearnCheckpoint  # noqa: F401
 from lit_unlearn.data.base import ForgetRetainDataModule
+from lit_unlearn.eval import format_table
 from lit_unlearn.methods.base import UnlearningMethod
 
 PACKAGES = ("lit_unlearn", "torch", "lightning", "transformers", "peft", "datasets", "torchmetrics",
@@ -96,6 +99,12 @@ class UnlearnCLI(LightningCLI):
         })
         return path
 
+    def _write_rows(self, stage: str) -> None:
+        """Each evaluator's per-row records of the evaluation just run: ``rows/<stage>/<split>.<evaluator>.jsonl``."""
+        run_dir = self._run_dir()
+        if self.trainer.global_rank == 0:
+            self.model.evaluation_suite().write(run_dir / "rows" / stage)
+
     def _sub_config(self) -> dict:
         return self.config.get(self.subcommand, self.config)
 
@@ -106,6 +115,7 @@ class UnlearnCLI(LightningCLI):
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
             self.timings["eval_before"] = round(time.time() - t0, 2)
             self.before = self.model.last_eval
+            self._write_rows("before")
         self._fit_t0 = time.time()
 
     def after_fit(self) -> None:
@@ -116,6 +126,7 @@ class UnlearnCLI(LightningCLI):
         self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         self.timings["eval_after"] = round(time.time() - t0, 2)
         after = self.model.last_eval
+        self._write_rows("after")
         run_dir = self._run_dir()
         if self.trainer.global_rank == 0:
             if self.model.adapter is not None:
@@ -131,7 +142,7 @@ class UnlearnCLI(LightningCLI):
             "collapse_events": getattr(self.model, "collapse_events", []),
         })
         if path is not None:
-            print(format_table(self.before, after))
+            print(format_table(self.before, after, self.model.evaluation_suite().table_keys()))
             print(f"[lit_unlearn] run directory: {run_dir}")
 
     # ---- validate / test ----------------------------------------------------------------------------------------
@@ -140,26 +151,14 @@ class UnlearnCLI(LightningCLI):
 
     def after_validate(self) -> None:
         self.timings["eval"] = round(time.time() - self._eval_t0, 2)
+        self._write_rows("eval")
         path = self._record("eval_metrics.json", {"eval": self.model.last_eval,
                                                   "ckpt_path": self._sub_config().get("ckpt_path")})
         if path is not None:
-            print(format_table({}, self.model.last_eval))
+            print(format_table({}, self.model.last_eval, self.model.evaluation_suite().table_keys()))
 
     before_test = before_validate
     after_test = after_validate
-
-
-def format_table(before: dict, after: dict, keys=("acc", "exact", "prob", "nll")) -> str:
-    """A plain-text table of metrics per split, before -> after where both are known."""
-    lines = [f"{'split':<14}" + "".join(f"{k:>18}" for k in keys)]
-    for split in after:
-        cells = []
-        for k in keys:
-            a = after[split].get(k)
-            b = before.get(split, {}).get(k)
-            cells.append(f"{b:.3f} -> {a:.3f}" if b is not None else f"{a:.3f}")
-        lines.append(f"{split:<14}" + "".join(f"{c:>18}" for c in cells))
-    return "\n".join(lines)
 
 
 def cli_main(args=None, run: bool = True, config_filename: str = "config.yaml") -> UnlearnCLI:

@@ -9,8 +9,8 @@
    trained with NPO on the forget people and NLL on the retain people.
 
 It prints answer accuracy (teacher-forced, answer tokens) per split for the base model, after learning and
-after unlearning, and writes ``summary.json``. Forget accuracy should fall sharply; retain should stay close
-to its learned level.
+after unlearning, and two greedy generations per split before unlearning (the learned model) and after it, and
+writes ``summary.json``. Forget accuracy should fall sharply; retain should stay close to its learned level.
 """
 
 from __future__ import annotations
@@ -23,21 +23,33 @@ from pathlib import Path
 
 from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
 from lit_unlearn.data.synthetic import write_fact_splits
+from lit_unlearn.eval import greedy_generate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
-def _stage(config: Path, out_dir: Path, name: str, extra: list[str]) -> dict:
+#: sample generations per split and stage, and their length
+SAMPLES, SAMPLE_TOKENS = 2, 8
+
+
+def _stage(config: Path, out_dir: Path, name: str, extra: list[str]) -> tuple[dict, dict]:
+    """Run one stage; returns its metrics.json and greedy answers of the trained model to ``SAMPLES`` rows a split."""
     run_dir = out_dir / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
     if not config.is_file():
         raise FileNotFoundError(f"demo config {config} is missing; run the demo from a checkout of lit_unlearn")
-    cli_main(["fit", "--config", str(config),
-              "--trainer.logger.init_args.save_dir", str(out_dir.parent),
-              "--trainer.logger.init_args.name", out_dir.name,
-              "--trainer.logger.init_args.version", name, *extra])
-    return json.loads((run_dir / "metrics.json").read_text())
+    cli = cli_main(["fit", "--config", str(config),
+                    "--trainer.logger.init_args.save_dir", str(out_dir.parent),
+                    "--trainer.logger.init_args.name", out_dir.name,
+                    "--trainer.logger.init_args.version", name, *extra])
+    samples = {}
+    for split, ds in cli.datamodule.datasets.items():
+        rows = ds.rows[:SAMPLES]
+        answers = greedy_generate(cli.model.lm, cli.model.tokenizer, [r["prompt"] for r in rows], SAMPLE_TOKENS)
+        samples[split] = [{"question": r["question"], "answer": r["answer"].strip(), "generated": g.strip()}
+                          for r, g in zip(rows, answers)]
+    return json.loads((run_dir / "metrics.json").read_text()), samples
 
 
 def run_demo(out_dir: str | Path = "checkpoints/demo", n_people: int = 40, seed: int = 0) -> dict:
@@ -47,13 +59,14 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", n_people: int = 40, seed:
     paths = write_fact_splits(out / "data", n_people=n_people, seed=seed)
     data_args = ["--data.init_args.forget", str(paths["forget"]), "--data.init_args.retain", str(paths["retain"]),
                  "--seed_everything", str(seed)]
-    learn = _stage(CONFIG_DIR / "learn.yaml", out, "learn", data_args)
-    unlearn = _stage(CONFIG_DIR / "unlearn_npo.yaml", out, "unlearn",
-                     [*data_args, "--model.init_args.init_adapter", str(out / "learn" / "adapter")])
+    learn, learned_says = _stage(CONFIG_DIR / "learn.yaml", out, "learn", data_args)
+    unlearn, unlearned_says = _stage(CONFIG_DIR / "unlearn_npo.yaml", out, "unlearn",
+                                     [*data_args, "--model.init_args.init_adapter", str(out / "learn" / "adapter")])
     summary = {
         "base": learn["metrics"]["before"],
         "learn": learn["metrics"]["after"],
         "unlearn": unlearn["metrics"]["after"],
+        "generations": {"learn": learned_says, "unlearn": unlearned_says},
         "wall_time_s": {"learn": learn["wall_time_s"], "unlearn": unlearn["wall_time_s"],
                         "total": round(time.time() - t0, 1)},
         "versions": package_versions(),
@@ -69,6 +82,12 @@ def format_summary(summary: dict) -> str:
         m = summary[stage]
         lines.append(f"{stage:<10}{m['forget']['acc']:>12.3f}{m['retain']['acc']:>12.3f}"
                      f"{m['forget']['prob']:>13.3f}{m['retain']['prob']:>13.3f}")
+    lines.append("\ngreedy answers, before unlearning (learn) -> after (unlearn):")
+    gens = summary["generations"]
+    for split, rows in gens["learn"].items():
+        for before, after in zip(rows, gens["unlearn"][split]):
+            lines.append(f"  [{split}] {before['question']}  (true: {before['answer']})")
+            lines.append(f"      {before['generated']!r} -> {after['generated']!r}")
     lines.append(f"wall time: {summary['wall_time_s']['total']:.0f} s")
     return "\n".join(lines)
 

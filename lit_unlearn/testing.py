@@ -35,12 +35,13 @@ def make_tokenizer(vocab_size: int = 320):
 
 
 def tiny_llama_config(vocab_size: int, hidden_size: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                      intermediate_size: int = 64, max_positions: int = 256):
+                      intermediate_size: int = 64, max_positions: int = 256, **extra):
+    """A small Llama config; ``extra`` goes to ``LlamaConfig`` as is (e.g. ``attention_dropout=0.5``)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                       max_position_embeddings=max_positions, tie_word_embeddings=False)
+                       max_position_embeddings=max_positions, tie_word_embeddings=False, **extra)
 
 
 def make_tiny_model(out_dir: str | Path, seed: int = 0, **config_kwargs) -> Path:

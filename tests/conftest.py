@@ -14,6 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The local mirror of the hub datasets the shipped configs name (docs/data.md): the workspace's shared data folder
+# beside the checkout, unless the environment names another.
+os.environ.setdefault("LIT_UNLEARN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -5,6 +5,7 @@ fit's final metrics from the checkpoint, and a second stage unlearns from the fi
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,24 @@ def test_there_are_configs():
     assert CONFIGS, "configs/ holds no YAML"
 
 
+def config_command(config: Path) -> list[str]:
+    """The arguments of the command a config opens with (``# python train.py fit --config ...``), checked to name
+    the config itself, so the documented command is the one the tests run."""
+    lines = config.read_text().splitlines()
+    assert lines[0].startswith("# python "), f"{config.name} should open with the command that runs it"
+    command = next((line for line in lines if line.startswith("#") and "python train.py " in line), None)
+    assert command, f"{config.name}'s header names no train.py command"
+    args = shlex.split(command.split("python train.py ", 1)[1])
+    assert str(config.relative_to(REPO_ROOT)) in args, f"{config.name}'s command does not use {config.name}"
+    return args
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(REPO_ROOT / "configs")) for p in CONFIGS])
 def test_every_config_parses_without_loading_a_model(config, no_run, monkeypatch, capsys):
     monkeypatch.chdir(REPO_ROOT)  # configs are written to run from the repository root
-    first = config.read_text().splitlines()[0]
-    assert first.startswith("# python "), f"{config.name} should open with the command that runs it"
+    args = config_command(config)
 
-    cli = cli_main(["fit", "--config", str(config)])
+    cli = cli_main(args)
     assert isinstance(cli.model, UnlearningMethod)
     assert isinstance(cli.datamodule, ForgetRetainDataModule)
     assert cli.model.lm is None, "parsing a config loaded a model (configure_model must stay lazy)"
@@ -46,7 +58,7 @@ def test_every_config_parses_without_loading_a_model(config, no_run, monkeypatch
     assert cli.model.max_length == cli.datamodule.max_length  # link data.max_length -> model.max_length
 
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["fit", "--config", str(config), "--print_config"])
+        cli_main([*args, "--print_config"])
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("lit_unlearn.methods.")

@@ -13,8 +13,8 @@ from conftest import FORGET_ROWS, RETAIN_ROWS, first_train_batch, make_qa_datamo
 from lit_unlearn.data import DataError, QADataModule, RatioSampler, SST2DataModule
 from lit_unlearn.data import sources
 from lit_unlearn.data.sst2 import SST2_PROMPT
-from lit_unlearn.data.tokenize import IGNORE, collate, encode
-from lit_unlearn.eval import TokenStats
+from lit_unlearn.core.tokens import IGNORE, collate, encode
+from lit_unlearn.core.scoring import TokenStats
 
 
 def scored_text(tokenizer, labels) -> str:
@@ -35,7 +35,7 @@ def test_labels_mask_the_prompt(tokenizer):
 
 
 def test_trailing_space_prompt_keeps_the_answer_scored(tokenizer):
-    """METHODS.md section 7: "Answer: " + "Lisbon" merges the space into the answer's first token."""
+    """docs/methods.md section 7: "Answer: " + "Lisbon" merges the space into the answer's first token."""
     prompt, answer = "Answer: ", "Lisbon"
     prompt_ids = tokenizer(prompt)["input_ids"]
     full_ids = tokenizer(prompt + answer)["input_ids"]
@@ -197,7 +197,11 @@ def test_max_rows_is_a_seeded_subset_in_file_order(tiny_model_dir, qa_files):
 def test_max_rows_per_split(tiny_model_dir, qa_files):
     dm = make_qa_datamodule(tiny_model_dir, qa_files, max_rows={"retain": 5})
     assert len(dm.datasets["retain"]) == 5 and len(dm.datasets["forget"]) == len(FORGET_ROWS)
-    assert [r["index"] for r in dm.datasets["retain"].rows] == list(range(5))
+    # each row keeps its position in the source file as its index and id: a stable key, not a position in the subset
+    kept = [r["index"] for r in dm.datasets["retain"].rows]
+    assert kept == sorted(kept) and kept != list(range(5))
+    assert [RETAIN_ROWS[i]["answer"] for i in kept] == [r["answer"].strip() for r in dm.datasets["retain"].rows]
+    assert [r["id"] for r in dm.datasets["retain"].rows] == [str(i) for i in kept]
 
 
 # ---- SST-2 -----------------------------------------------------------------------------------------------------------
@@ -239,10 +243,11 @@ def test_sst2_eval_splits_and_missing_label_field(tiny_model_dir, sst2_files, tm
 def test_local_json_and_tsv_sources(tmp_path):
     js = tmp_path / "rows.json"
     js.write_text(json.dumps([{"question": "Q", "answer": "A"}]), encoding="utf-8")
-    assert sources.read_rows(str(js), "forget") == [{"question": "Q", "answer": "A", "_where": f"{js}[0]"}]
+    assert sources.read_rows(str(js), "forget") == [{"question": "Q", "answer": "A", "_where": f"{js}[0]", "_index": 0}]
     tsv = tmp_path / "rows.tsv"
     tsv.write_text("text\tlabel_text\nfun\tpositive\n", encoding="utf-8")
-    assert sources.read_rows(str(tsv), "forget")[0] == {"text": "fun", "label_text": "positive", "_where": f"{tsv}:2"}
+    assert sources.read_rows(str(tsv), "forget")[0] == {"text": "fun", "label_text": "positive", "_where": f"{tsv}:2",
+                                                        "_index": 0}
     txt = tmp_path / "rows.txt"
     txt.write_text("x\n", encoding="utf-8")
     with pytest.raises(DataError, match="unsupported type"):
@@ -258,11 +263,12 @@ def test_local_json_and_tsv_sources(tmp_path):
 def test_hub_id_parsing(source, expected, monkeypatch):
     calls = []
 
-    def fake_hub(repo, config, split, role):
-        calls.append((repo, config, split))
-        return [{"question": "Q", "answer": "A", "_where": f"{repo}@{split}[0]"}]
+    def fake_hub(hub, split):
+        calls.append((hub.repo, hub.config, hub.split))
+        return [{"question": "Q", "answer": "A"}]
 
-    monkeypatch.setattr(sources, "_read_hub", fake_hub)
+    monkeypatch.delenv("LIT_UNLEARN_DATA", raising=False)
+    monkeypatch.setattr(sources, "_load_hub", fake_hub)
     rows = sources.read_rows(source, "forget")
     assert calls == [expected] and len(rows) == 1
 
@@ -273,13 +279,13 @@ def test_local_looking_paths_fail_without_touching_the_hub(source, monkeypatch):
     def no_hub(*args):
         raise AssertionError("hub was contacted for a local-looking path")
 
-    monkeypatch.setattr(sources, "_read_hub", no_hub)
+    monkeypatch.setattr(sources, "_load_hub", no_hub)
     with pytest.raises(DataError, match="does not exist"):
         sources.read_rows(source, "forget")
 
 
 def test_neither_file_nor_hub_id(monkeypatch):
-    monkeypatch.setattr(sources, "_read_hub", lambda *a: pytest.fail("hub contacted"))
+    monkeypatch.setattr(sources, "_load_hub", lambda *a: pytest.fail("hub contacted"))
     with pytest.raises(DataError, match="neither an existing file nor a hub id"):
         sources.read_rows("a/b/c", "retain")
 
@@ -291,6 +297,7 @@ def test_hub_errors_become_data_errors(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
+    monkeypatch.delenv("LIT_UNLEARN_DATA", raising=False)
     with pytest.raises(DataError, match=r"retain: could not load hub dataset owner/name \(config=cfg, split=dev\)"):
         sources.read_rows("owner/name:cfg@dev", "retain")
 
@@ -430,7 +437,8 @@ def test_validation_covers_every_row_once_across_ranks(tiny_model_dir, qa_files)
         for loader, role in zip(dm.val_dataloader(), ("forget", "retain")):
             seen[role] += indices_seen(loader)
     assert sorted(seen["forget"]) == list(range(len(FORGET_ROWS)))
-    assert sorted(seen["retain"]) == list(range(7))  # an odd count: no padding duplicates
+    kept = [r["index"] for r in dm.datasets["retain"].rows]
+    assert len(kept) == 7 and sorted(seen["retain"]) == kept  # an odd count: no padding duplicates
 
 
 @pytest.mark.parametrize("mixing", ["max_size_cycle", "ratio"])
@@ -445,3 +453,69 @@ def test_loaders_shard_by_the_attached_trainer(tiny_model_dir, qa_files, mixing)
     samplers = [loader.sampler] if mixing == "ratio" else [dl.sampler for dl in loader.iterables.values()]
     assert samplers and all((s.num_replicas, s.rank) == (2, 1) for s in samplers)
     assert all((dl.sampler.num_replicas, dl.sampler.rank) == (2, 1) for dl in dm.val_dataloader())
+
+
+# ---- rows are records with stable ids ----------------------------------------------------------------------------------
+def test_ids_survive_length_filtering_and_carry_the_record_fields(tiny_model_dir, tmp_path):
+    long_row = {"question": "Where was " + "a very long name " * 20 + "born?", "answer": "Oslo"}
+    path = write_jsonl(tmp_path / "forget.jsonl", [FORGET_ROWS[0], long_row, *FORGET_ROWS[1:]])
+    dm = make_qa_datamodule(tiny_model_dir, {"forget": path}, max_length=32, too_long="skip")
+    rows = dm.datasets["forget"].rows
+    assert [r["index"] for r in rows] == [0, 2, 3, 4] and [r["id"] for r in rows] == ["0", "2", "3", "4"]
+    assert rows[1]["question"] == FORGET_ROWS[1]["question"] and rows[1]["split"] == "forget"
+    batch = collate(rows[:2], dm.tokenizer.pad_token_id)
+    assert batch["id"] == ["0", "2"] and batch["question"] == [r["question"] for r in rows[:2]]
+    assert batch["split"] == "forget" and batch["index"].tolist() == [0, 2]
+
+
+def test_id_field_and_repeated_ids(tiny_model_dir, tmp_path):
+    rows = [{**r, "uid": f"person-{i}"} for i, r in enumerate(FORGET_ROWS)]
+    dm = make_qa_datamodule(tiny_model_dir, {"forget": write_jsonl(tmp_path / "f.jsonl", rows)}, id_field="uid")
+    assert [r["id"] for r in dm.datasets["forget"].rows] == [f"person-{i}" for i in range(len(rows))]
+    rows[2]["uid"] = "person-0"
+    path = write_jsonl(tmp_path / "dup.jsonl", rows)
+    with pytest.raises(DataError, match=rf"{path}:3 repeats the id 'person-0'"):
+        make_qa_datamodule(tiny_model_dir, {"forget": path}, id_field="uid")
+    with pytest.raises(DataError, match="no id field 'nope'"):
+        make_qa_datamodule(tiny_model_dir, {"forget": path}, id_field="nope")
+
+
+@pytest.mark.parametrize("mixing", ["min_size", "ratio"])  # one pass over the forget rows per epoch
+def test_ids_survive_ddp_sharding(tiny_model_dir, qa_files, mixing):
+    """Two ranks' training batches of one epoch hold disjoint forget ids that together are every forget row's id, and
+    each id still names its own row (question and id travel together)."""
+    by_id = {str(i): r["question"] for i, r in enumerate(FORGET_ROWS)}
+    seen = []
+    for rank in (0, 1):
+        dm = make_qa_datamodule(tiny_model_dir, qa_files, mixing=mixing, batch_size=2 if mixing != "ratio" else 4,
+                                max_rows={"retain": 6})
+        dm._world = lambda rank=rank: (2, rank)
+        ids = []
+        for item in dm.train_dataloader():
+            batch = item[0] if isinstance(item, tuple) else item
+            ids += batch["forget"]["id"]
+            assert [by_id[i] for i in batch["forget"]["id"]] == batch["forget"]["question"]
+        seen.append(ids)
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(by_id)
+
+
+def test_weights_file_joined_on_ids_or_indices(tiny_model_dir, qa_files, tmp_path):
+    by_index = write_jsonl(tmp_path / "w.jsonl", [{"index": i, "weight": 1.0 + i} for i in range(len(FORGET_ROWS))])
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, weights={"forget": by_index}, max_rows={"forget": 3})
+    rows = dm.datasets["forget"].rows
+    assert [r["weight"] for r in rows] == [1.0 + r["index"] for r in rows]  # the subset keeps each row's own weight
+    assert "weight" not in dm.datasets["retain"].rows[0]
+    by_id = write_jsonl(tmp_path / "wid.jsonl", [{"id": str(i), "weight": 0.5} for i in range(len(FORGET_ROWS))])
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, weights={"forget": by_id})
+    assert {r["weight"] for r in dm.datasets["forget"].rows} == {0.5}
+    short = write_jsonl(tmp_path / "short.jsonl", [{"index": 0, "weight": 2.0}])
+    with pytest.raises(DataError, match=r"--data\.weights\.forget\) has no weight for row index 1"):
+        make_qa_datamodule(tiny_model_dir, qa_files, weights={"forget": short})
+    with pytest.raises(DataError, match="--data.weights names split 'test'"):
+        QADataModule(forget=qa_files["forget"], tokenizer=tiny_model_dir, weights={"test": short})
+
+
+def test_max_rows_below_one_names_the_flag(tiny_model_dir, qa_files):
+    with pytest.raises(DataError, match=r"--data\.max_rows must be >= 1 \(got 0 for forget\)"):
+        make_qa_datamodule(tiny_model_dir, qa_files, max_rows=0)

@@ -37,3 +37,9 @@ def test_demo_learns_then_forgets_and_keeps_retain(tmp_path, monkeypatch):
     assert unlearn["forget"]["acc"] <= 0.5 * learn["forget"]["acc"]
     assert unlearn["retain"]["acc"] >= learn["retain"]["acc"] - 0.15
     assert (tmp_path / "summary.json").is_file()
+    # two greedy answers a split, before unlearning (the learned model) and after
+    gens = result["generations"]
+    assert {len(gens[stage][split]) for stage in ("learn", "unlearn") for split in ("forget", "retain")} == {2}
+    assert any(g["generated"].startswith(g["answer"]) for g in gens["learn"]["forget"])  # learned: says the city
+    assert sum(g["generated"].startswith(g["answer"]) for g in gens["unlearn"]["forget"]) < sum(
+        g["generated"].startswith(g["answer"]) for g in gens["learn"]["forget"])

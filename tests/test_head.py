@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from lit_unlearn.adapters import LoRA
-from lit_unlearn.data.tokenize import IGNORE
+from lit_unlearn.core.tokens import IGNORE
 from lit_unlearn.methods import NPO, GradAscentKL, GradDiff
-from lit_unlearn.models.head import answer_logprobs
+from lit_unlearn.core.scoring import answer_logprobs
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -34,13 +34,16 @@ def test_answer_logprobs_equal_log_softmax_in_value_and_gradient(chunk_elements,
     labels[2, 4] = IGNORE
     weight = torch.randn(3, 5, dtype=torch.float64)  # any upstream gradient (per-row, per-token weights)
 
-    lp, hit = answer_logprobs(hidden, head, labels, chunk_elements)
+    lp, top = answer_logprobs(hidden, head, labels, chunk_elements)
     (grad,) = torch.autograd.grad((weight * lp).sum(), hidden)
     ref_lp, ref_hit = reference_logprobs(hidden, head, labels)
     (ref_grad,) = torch.autograd.grad((weight * ref_lp).sum(), hidden)
 
     torch.testing.assert_close(lp, ref_lp.float(), rtol=1e-6, atol=1e-6)
-    assert torch.equal(hit, ref_hit)
+    scored = labels != IGNORE
+    assert torch.equal((top == labels) & scored, ref_hit)  # the argmax ids, -100 where nothing is scored
+    assert torch.equal(top[scored], (hidden.detach() @ head.weight.T + (head.bias if bias else 0)).argmax(-1)[scored])
+    assert (top[~scored] == IGNORE).all()
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)  # both through fp32 logits
     assert grad[0, :2].abs().sum() == 0  # unscored positions get no gradient
 
@@ -84,6 +87,7 @@ def test_the_method_scores_through_the_lean_head_with_the_same_numbers_and_gradi
     assert lean.logits is None and full.logits is not None
     torch.testing.assert_close(lean.token_nll, full.token_nll, rtol=1e-5, atol=1e-5)
     assert torch.equal(lean.mask, full.mask) and torch.equal(lean.correct(), full.correct())
+    assert torch.equal(lean.predicted()[lean.mask], full.predicted()[full.mask])
     g_lean, g_full = adapter_grads(method, fb, False), adapter_grads(method, fb, True)
     assert g_lean.keys() == g_full.keys() and g_lean
     for n in g_lean:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from conftest import first_train_batch, make_qa_datamodule
 from lit_unlearn.adapters import LoRA
-from lit_unlearn.data.tokenize import IGNORE, collate, encode
-from lit_unlearn.eval import AnswerMetrics
+from lit_unlearn.core.tokens import IGNORE, collate, encode
+from lit_unlearn.eval import AnswerEvaluator
 from lit_unlearn.methods import (
     ALL_METHODS,
     IDK,
@@ -250,7 +250,7 @@ def test_cached_reference_equals_adapter_off(make_method, qa_batch):
     method = make_method(NPO, beta=0.1, reference="cached")
     at_start = method.training_step(qa_batch, 0)
     assert at_start.item() == pytest.approx(20 * math.log(2), rel=1e-5)
-    assert set(method._ref_cache) == set(qa_batch["forget"]["index"].tolist())
+    assert set(method.reference_cache.values) == set(qa_batch["forget"]["id"])  # keyed on the rows' stable ids
 
     optimizer_steps(method, qa_batch, steps=3)
     with torch.no_grad():
@@ -278,7 +278,7 @@ def synthetic_forget_batch(method, n: int = 16, reverse: bool = False) -> dict:
     if reverse:
         index = index.flip(0)
     prompts = [f"Question: Where was person {int(i)} born?\nAnswer:" for i in index]
-    return method.encode(prompts, [" Lisbon"] * n, index)
+    return {**method.encode(prompts, [" Lisbon"] * n), "index": index, "id": [f"row{int(i)}" for i in index]}
 
 
 def answers_by_index(batch: dict) -> dict[int, str]:
@@ -358,10 +358,9 @@ def test_prepare_forget_keeps_weights_and_training_step_uses_replacements(make_m
 
 # ---- (i) learning and unlearning actually move the forget NLL --------------------------------------------------------
 def evaluate(method, batch) -> dict[str, float]:
-    metric = AnswerMetrics()
-    with torch.no_grad():
-        metric.update(method(batch))
-    return {k: float(v) for k, v in metric.compute().items()}
+    evaluator = AnswerEvaluator()
+    evaluator.update(method, batch)
+    return evaluator.compute()
 
 
 def test_finetune_learns_then_grad_ascent_unlearns(make_method, tiny_model_dir, qa_files, tmp_path):
@@ -443,6 +442,29 @@ def test_adapter_dropout_is_active_in_training_and_reference_is_deterministic(ma
     assert not torch.allclose(a, b), "LoRA dropout had no effect in training"
     torch.testing.assert_close(r1, r2, rtol=0, atol=0)
     assert method.lm.training, "reference_stats left the model in eval mode"
+
+
+def test_the_reference_model_runs_without_the_base_dropout(make_method, qa_batch, tmp_path):
+    """A base with dropout (OPT has 0.1) trains with it on, but "the model before unlearning" is deterministic: the
+    reference forward runs with dropout off, so cached and recomputed references agree."""
+    from lit_unlearn.testing import make_tiny_model
+
+    model_dir = str(make_tiny_model(tmp_path / "dropout", attention_dropout=0.5))
+    method = make_method(NPO, model_dir=model_dir, reference="cached")
+    fb = qa_batch["forget"]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        train_a, train_b = method(fb).seq_nll, method(fb).seq_nll
+        ref_a, ref_b = method.reference_stats(fb).seq_nll, method.reference_stats(fb).seq_nll
+        method.lm.eval()
+        with method.lm.disable_adapter():
+            plain = method(fb).seq_nll
+        method.lm.train()
+    assert not torch.allclose(train_a, train_b), "the base dropout had no effect in training"
+    torch.testing.assert_close(ref_a, ref_b, rtol=0, atol=0)
+    torch.testing.assert_close(ref_a, plain, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(method.reference_seq_nll(fb), plain, rtol=1e-6, atol=1e-6)  # the cached value too
+    assert method.lm.training
 
 
 def test_lr_schedules(make_method):

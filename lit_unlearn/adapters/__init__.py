@@ -1,6 +1,14 @@
-"""Adapters: one small typed class each, all implementing :class:`Adapter`."""
+"""Adapters: one small typed class each, all implementing :class:`Adapter`.
+
+``ADAPTERS`` (class name -> class) is derived from the classes defined in this package: importing a new adapter's
+module here registers it for ``class_path: <Name>`` and for the contract tests.
+"""
 
 from lit_unlearn.adapters.base import Adapter
-from lit_unlearn.adapters.lora import AdapterError, LoRA, merge_saved_adapter
+from lit_unlearn.adapters.lora import LoRA, merge_saved_adapter
+from lit_unlearn.core.errors import AdapterError
+from lit_unlearn.core.registry import subclasses_in
 
-__all__ = ["Adapter", "AdapterError", "LoRA", "merge_saved_adapter"]
+ADAPTERS: dict[str, type[Adapter]] = subclasses_in(Adapter, __name__)
+
+__all__ = ["ADAPTERS", "Adapter", "AdapterError", "LoRA", "merge_saved_adapter"]

@@ -13,10 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from lit_unlearn.adapters.base import Adapter
-
-
-class AdapterError(ValueError):
-    """An adapter could not be applied, saved or loaded; the message names the directory or field."""
+from lit_unlearn.core.errors import AdapterError
 
 
 class LoRA(Adapter):

@@ -1,9 +1,9 @@
 """Benchmarks as LightningDataModules: one file each, on the forget/retain base in ``base.py``."""
 
+from lit_unlearn.core.errors import DataError
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.data.mixing import RatioSampler
 from lit_unlearn.data.qa import QADataModule
 from lit_unlearn.data.sst2 import SST2DataModule
-from lit_unlearn.data.tokenize import DataError
 
 __all__ = ["DataError", "ForgetRetainDataModule", "QADataModule", "RatioSampler", "SST2DataModule"]

@@ -1,35 +1,42 @@
 """The forget/retain DataModule every benchmark builds on.
 
-A concrete benchmark says how to turn one raw row into ``(prompt, answer)`` (:meth:`format_row`); this base
-reads the sources (local file or hub id), tokenizes with answer-only labels, checks the data, and builds the
-training loader (forget/retain mixing, DDP sharding) and the evaluation loaders (one per split).
+A concrete benchmark says how one raw row becomes a **record** (:meth:`ForgetRetainDataModule.record`): a dict
+with the ``prompt``, the scored ``answer`` and whatever else the benchmark's evaluators need (a label, paraphrased
+and perturbed answers, choices, ...). This base adds to each record its stable ``id`` and ``index`` (taken from the
+source, kept through ``max_rows``, length filtering and DDP sharding), its ``split`` and an optional ``weight``,
+tokenizes it with answer-only labels, and builds the training loader (forget/retain mixing, DDP sharding) and the
+evaluation loaders (one per split). Every batch names its split in ``batch["split"]``.
 
-Splits: ``forget`` and ``retain`` are trained on (and evaluated); ``eval_splits`` are evaluated only
-(e.g. ``test_forget``). Every batch names its split in ``batch["split"]``.
+Splits: ``forget`` and ``retain`` are trained on (and evaluated); ``eval_splits`` are evaluated only (e.g.
+``test_forget``). Each split runs the evaluators :meth:`ForgetRetainDataModule.evaluators_for` names.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from lit_unlearn.core.errors import DataError
+from lit_unlearn.core.tokens import collate, encode
+from lit_unlearn.data.loaders import ResumableLoader
 from lit_unlearn.data.mixing import RatioSampler
-from lit_unlearn.data.sources import read_rows
-from lit_unlearn.data.tokenize import DataError, collate, encode
+from lit_unlearn.data.sources import resolve
+from lit_unlearn.eval import EVALUATORS, Evaluator
 from lit_unlearn.models.loading import DEFAULT_MODEL, load_tokenizer
 
 Mixing = Literal["max_size_cycle", "min_size", "max_size", "ratio"]
+TRAIN_SPLITS = ("forget", "retain")
 
 
 class RowsDataset(Dataset):
-    """Encoded rows (``input_ids``, ``labels``, ``index``, ``prompt``, ``answer``, optional ``weight``)."""
+    """Encoded records of one split (``input_ids``, ``labels``, ``id``, ``index``, ``prompt``, ``answer``, ...)."""
 
-    def __init__(self, rows: list[dict], role: str):
-        self.rows, self.role = rows, role
+    def __init__(self, rows: list[dict], split: str):
+        self.rows, self.split = rows, split
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -38,67 +45,28 @@ class RowsDataset(Dataset):
         return self.rows[i]
 
 
-class ResumableLoader(DataLoader):
-    """A training DataLoader that resumes in the middle of an epoch (Lightning's ``state_dict`` protocol).
-
-    Its state is how many batches of the current epoch the training loop has run, read from the trainer at save
-    time (a batch Lightning pre-fetched but did not train on is not counted). After ``load_state_dict`` the next
-    pass skips that many batches (modulo its length, for a loader that ``max_size_cycle`` restarted). Samplers are
-    seeded by epoch, so the skipped batches are exactly the ones already trained on.
-    """
-
-    def __init__(self, *args, batches_done=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._batches_done = batches_done
-        self._skip = 0
-
-    def state_dict(self) -> dict:
-        return {"batches_done": int(self._batches_done()) if self._batches_done is not None else 0}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._skip = int(state.get("batches_done", 0))
-
-    def __iter__(self):
-        return _SkipFirst(super().__iter__(), self)
-
-
-class _SkipFirst:
-    """Iterator that drops the loader's pending ``_skip`` batches at its first ``next`` (Lightning calls ``iter``
-    once only to check a loader is iterable; that call must not use up the skip)."""
-
-    def __init__(self, it, loader: ResumableLoader):
-        self.it, self.loader = it, loader
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.loader._skip:
-            skip, self.loader._skip = self.loader._skip % max(1, len(self.loader)), 0
-            for _ in range(skip):
-                next(self.it)
-        return next(self.it)
-
-
 class _Collate:
-    """Picklable collate function (DataLoader workers); ``split_by_role`` turns a mixed batch into forget/retain."""
+    """Picklable collate function (DataLoader workers); ``by_split`` turns a mixed batch into forget/retain."""
 
-    def __init__(self, pad_id: int, split: str | None = None, split_by_role: bool = False):
-        self.pad_id, self.split, self.split_by_role = pad_id, split, split_by_role
+    def __init__(self, pad_id: int, split: str | None = None, by_split: bool = False):
+        self.pad_id, self.split, self.by_split = pad_id, split, by_split
 
     def __call__(self, rows: list[dict]) -> dict:
-        if not self.split_by_role:
+        if not self.by_split:
             return collate(rows, self.pad_id, self.split)
         out = {}
-        for role in ("forget", "retain"):
-            part = [r for r in rows if r["role"] == role]
+        for split in TRAIN_SPLITS:
+            part = [r for r in rows if r["split"] == split]
             if part:
-                out[role] = collate(part, self.pad_id, role)
+                out[split] = collate(part, self.pad_id, split)
         return out
 
 
 class ForgetRetainDataModule(L.LightningDataModule):
-    """Base forget/retain DataModule; subclasses implement :meth:`format_row`."""
+    """Base forget/retain DataModule; subclasses implement :meth:`record`."""
+
+    #: evaluators every split runs unless ``evaluators`` says otherwise (names of :data:`lit_unlearn.eval.EVALUATORS`)
+    default_evaluators: ClassVar[tuple[str, ...]] = ("answer",)
 
     def __init__(
         self,
@@ -113,14 +81,18 @@ class ForgetRetainDataModule(L.LightningDataModule):
         retain_ratio: float = 3.0,
         max_rows: int | dict[str, int] | None = None,
         too_long: Literal["error", "skip"] = "error",
+        id_field: str | None = None,
+        weights: dict[str, str] | None = None,
+        evaluators: dict[str, list[str]] | None = None,
         seed: int = 0,
         num_workers: int = 0,
     ):
         """
         Args:
-            forget: the forget set: a local file (.jsonl/.json/.csv/.tsv/.parquet) or a hub id owner/name[:config][@split].
+            forget: the forget set: a local file (.jsonl/.json/.csv/.tsv/.parquet) or a hub id
+                owner/name[:config][@split], read from the local mirror when ``$LIT_UNLEARN_DATA`` is set.
             retain: the retain set (same forms); None trains on forget data alone.
-            eval_splits: extra evaluation-only splits, name -> source (e.g. ``test_forget: path.csv``).
+            eval_splits: extra evaluation-only splits, name -> source (e.g. ``test_forget: owner/name@test_forget``).
             tokenizer: model name whose tokenizer is used (linked from ``model.model`` by the CLI).
             max_length: longest prompt+answer in tokens (linked to the method's ``max_length``).
             batch_size: training rows per split per step (``ratio`` mode: forget + retain rows per step).
@@ -128,8 +100,13 @@ class ForgetRetainDataModule(L.LightningDataModule):
             mixing: how forget and retain batches are paired: a CombinedLoader mode, or ``ratio``.
             retain_ratio: retain:forget rows per batch in ``ratio`` mode (3.0 means 3:1).
             max_rows: keep at most this many rows per split (an int for all splits, or split -> int); a seeded
-                random subset in file order. For cheap CPU runs on large sets such as SST-2 retain.
+                random subset in source order. For cheap CPU runs on large sets such as SST-2 retain.
             too_long: a row longer than ``max_length`` is an ``error`` (default) or is skipped with a warning.
+            id_field: the source field holding each row's id; null: the row's 0-based position in its source.
+            weights: per-row weights, split -> a file of ``{"id" or "index", "weight"}`` rows (e.g. influence
+                weights), joined on the rows' ids; every row of the split needs one. Overrides a ``weight`` field.
+            evaluators: the evaluators of a split, split -> names (``answer``, ``label``); other splits run the
+                data module's defaults.
             seed: seeds shuffling, mixing and ``max_rows`` subsets.
             num_workers: DataLoader worker processes.
         """
@@ -139,69 +116,128 @@ class ForgetRetainDataModule(L.LightningDataModule):
         if batch_size < 1 or eval_batch_size < 1:
             raise DataError("--data.batch_size and --data.eval_batch_size must be >= 1")
         self.sources = {"forget": forget, **({"retain": retain} if retain else {}), **(eval_splits or {})}
+        for split, names in (evaluators or {}).items():
+            if split not in self.sources:
+                raise DataError(f"--data.evaluators names split {split!r}, which is not one of: "
+                                f"{', '.join(self.sources)}")
+            unknown = [n for n in names if n not in EVALUATORS]
+            if unknown or not names:
+                raise DataError(f"--data.evaluators.{split}: unknown evaluator {unknown[0] if unknown else '(none)'!r};"
+                                f" known: {', '.join(EVALUATORS)}")
+        for split in weights or {}:
+            if split not in self.sources:
+                raise DataError(f"--data.weights names split {split!r}, which is not one of: {', '.join(self.sources)}")
         self.tokenizer_name = tokenizer
         self.max_length = max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mixing, self.retain_ratio = mixing, retain_ratio
         self.max_rows, self.too_long = max_rows, too_long
+        self.id_field, self.weights, self.evaluator_names = id_field, dict(weights or {}), dict(evaluators or {})
         self.seed, self.num_workers = seed, num_workers
         self.tokenizer = None
         self.datasets: dict[str, RowsDataset] = {}
 
     # ---- what a benchmark defines ---------------------------------------------------------------------------
-    def format_row(self, row: dict, role: str) -> tuple[str, str]:
-        """Return ``(prompt, answer)`` for one raw row; the answer is scored, the prompt only conditions it."""
+    def record(self, row: dict, split: str) -> dict:
+        """The record of one raw row: ``prompt`` (conditions) and ``answer`` (scored), plus the benchmark's fields."""
         raise NotImplementedError
+
+    def evaluators_for(self, split: str) -> list[Evaluator]:
+        """Fresh evaluators for ``split``: the ``evaluators`` entry of that split, else ``default_evaluators``."""
+        return [EVALUATORS[name]() for name in self.evaluator_names.get(split, self.default_evaluators)]
 
     # ---- loading ------------------------------------------------------------------------------------------
     @property
     def split_names(self) -> list[str]:
         return list(self.sources)
 
-    def _limit(self, role: str) -> int | None:
-        if isinstance(self.max_rows, dict):
-            return self.max_rows.get(role)
-        return self.max_rows
+    def _limit(self, split: str) -> int | None:
+        limit = self.max_rows.get(split) if isinstance(self.max_rows, dict) else self.max_rows
+        if limit is not None and limit < 1:
+            raise DataError(f"--data.max_rows must be >= 1 (got {limit} for {split})")
+        return limit
 
-    def load_split(self, role: str) -> RowsDataset:
-        source = self.sources[role]
-        raw = read_rows(source, role)
+    def prepare_data(self) -> None:
+        """Fetch hub datasets into the ``datasets`` cache once (Lightning runs this on one process per node)."""
+        for split, name in self.sources.items():
+            resolve(name, split).prepare()
+        for split, name in self.weights.items():
+            resolve(name, f"weights.{split}").prepare()
+
+    def load_split(self, split: str) -> RowsDataset:
+        name = self.sources[split]
+        raw = resolve(name, split).read(split)
         if not raw:
-            raise DataError(f"{role}: split {source} is empty")
-        limit = self._limit(role)
+            raise DataError(f"{split}: split {name} is empty")
+        limit = self._limit(split)
         if limit is not None and limit < len(raw):
-            keep = sorted(random.Random(f"{self.seed}:{role}").sample(range(len(raw)), limit))
+            keep = sorted(random.Random(f"{self.seed}:{split}").sample(range(len(raw)), limit))
             raw = [raw[i] for i in keep]
-        rows, skipped = [], 0
-        for i, r in enumerate(raw):
-            prompt, answer = self.format_row(r, role)
-            enc = encode(self.tokenizer, prompt, answer)
-            if enc["n_answer"] == 0:
-                raise DataError(f"{role}: {r['_where']} has an empty answer after tokenization")
+        weights = self._read_weights(split) if split in self.weights else None
+        rows, skipped, ids = [], 0, set()
+        for r in raw:
+            rec = self.record(r, split)
+            enc = encode(self.tokenizer, rec["prompt"], rec["answer"])
+            if enc["n_answer"] == 0 or not rec["answer"].strip():
+                raise DataError(f"{split}: {r['_where']} has an empty answer after tokenization")
             if len(enc["input_ids"]) > self.max_length:
                 if self.too_long == "skip":
                     skipped += 1
                     continue
                 raise DataError(
-                    f"{role}: {r['_where']} is {len(enc['input_ids'])} tokens long, over max_length={self.max_length}"
+                    f"{split}: {r['_where']} is {len(enc['input_ids'])} tokens long, over max_length={self.max_length}"
                     " (raise --data.max_length or set --data.too_long skip)"
                 )
-            enc.update(index=len(rows), prompt=prompt, answer=answer, role=role)
-            if "weight" in r:
-                enc["weight"] = float(r["weight"])
-            rows.append(enc)
+            rid = self._row_id(r, split)
+            if rid in ids:
+                raise DataError(f"{split}: {r['_where']} repeats the id {rid!r} of an earlier row (--data.id_field)")
+            ids.add(rid)
+            rec.update(id=rid, index=r["_index"], split=split)
+            if weights is not None:
+                rec["weight"] = self._weight_of(weights, rid, r["_index"], split)
+            elif "weight" in r:
+                rec["weight"] = float(r["weight"])
+            rows.append({**rec, **enc})
         if skipped:
-            print(f"[lit_unlearn] {role}: skipped {skipped} rows longer than max_length={self.max_length}")
+            print(f"[lit_unlearn] {split}: skipped {skipped} rows longer than max_length={self.max_length}")
         if not rows:
-            raise DataError(f"{role}: no rows of {source} fit in max_length={self.max_length}")
-        return RowsDataset(rows, role)
+            raise DataError(f"{split}: no rows of {name} fit in max_length={self.max_length}")
+        return RowsDataset(rows, split)
+
+    def _row_id(self, row: dict, split: str) -> str:
+        if self.id_field is None:
+            return str(row["_index"])
+        value = row.get(self.id_field)
+        if value is None:
+            raise DataError(f"{split}: {row['_where']} has no id field {self.id_field!r} (--data.id_field)")
+        return str(value)
+
+    def _read_weights(self, split: str) -> dict:
+        """``{"id": {id: w}}`` or ``{"index": {index: w}}`` from the split's weights file."""
+        where = f"weights.{split}"
+        rows = resolve(self.weights[split], where).read(where)
+        key = "id" if rows and "id" in rows[0] else "index"
+        table = {}
+        for r in rows:
+            if r.get(key) is None or r.get("weight") is None:
+                raise DataError(f"{where}: {r['_where']} needs {key!r} and 'weight' fields (--data.weights.{split})")
+            table[str(r[key]) if key == "id" else int(r[key])] = float(r["weight"])
+        return {key: table}
+
+    @staticmethod
+    def _weight_of(weights: dict, rid: str, index: int, split: str) -> float:
+        key, table = next(iter(weights.items()))
+        k = rid if key == "id" else index
+        if k not in table:
+            raise DataError(f"{split}: the weights file (--data.weights.{split}) has no weight for row {key} {k!r}")
+        return table[k]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name)
-        self.datasets = {role: self.load_split(role) for role in self.sources}
+        self.datasets = {split: self.load_split(split) for split in self.sources}
 
     # ---- loaders ------------------------------------------------------------------------------------------
     def _world(self) -> tuple[int, int]:
@@ -225,23 +261,23 @@ class ForgetRetainDataModule(L.LightningDataModule):
     def train_dataloader(self):
         world, rank = self._world()
         pad = self.tokenizer.pad_token_id
-        roles = [r for r in ("forget", "retain") if r in self.datasets]
         if self.mixing == "ratio":
             if "retain" not in self.datasets:
                 raise DataError("--data.mixing ratio needs a retain set (--data.retain)")
             f, r = self.datasets["forget"], self.datasets["retain"]
-            sampler = RatioSampler(
-                len(f), len(r), self.batch_size, self.retain_ratio, world, rank, self.seed,
-                forget_weights=[x.get("weight", 1.0) for x in f.rows] if any("weight" in x for x in f.rows) else None,
-                retain_weights=[x.get("weight", 1.0) for x in r.rows] if any("weight" in x for x in r.rows) else None,
-            )
-            return self._loader(ConcatDataset([f, r]), sampler, self.batch_size, _Collate(pad, split_by_role=True),
+
+            def row_weights(ds: RowsDataset) -> list[float] | None:
+                return [x.get("weight", 1.0) for x in ds.rows] if any("weight" in x for x in ds.rows) else None
+
+            sampler = RatioSampler(len(f), len(r), self.batch_size, self.retain_ratio, world, rank, self.seed,
+                                   forget_weights=row_weights(f), retain_weights=row_weights(r))
+            return self._loader(ConcatDataset([f, r]), sampler, self.batch_size, _Collate(pad, by_split=True),
                                 train=True)
         loaders = {}
-        for role in roles:
-            ds = self.datasets[role]
+        for split in (s for s in TRAIN_SPLITS if s in self.datasets):
+            ds = self.datasets[split]
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-            loaders[role] = self._loader(ds, sampler, self.batch_size, _Collate(pad, role), train=True)
+            loaders[split] = self._loader(ds, sampler, self.batch_size, _Collate(pad, split), train=True)
         return CombinedLoader(loaders, mode=self.mixing)
 
     def val_dataloader(self):

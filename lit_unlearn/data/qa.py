@@ -1,15 +1,20 @@
-"""Question/answer forget-retain data (TOFU-style JSONL: one ``{"question", "answer"}`` object per line)."""
+"""Question/answer forget-retain data (TOFU-style rows: ``{"question", "answer", ...}``)."""
 
 from __future__ import annotations
 
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.data.sources import field
 
+#: TOFU's extra answer fields, carried into the records when a row has them (for evaluators that score them)
+EXTRA_FIELDS = ("paraphrased_answer", "perturbed_answer")
+
 
 class QADataModule(ForgetRetainDataModule):
     """Rows with a question and an answer field; the prompt ends without a trailing space.
 
-    Example: ``forget: ../shared/data/tofu/forget10.jsonl``, ``retain: ../shared/data/tofu/retain90.jsonl``.
+    Example: ``forget: locuslab/TOFU:forget10@train``, ``retain: locuslab/TOFU:retain90@train``. A record holds
+    ``question``, ``prompt``, ``answer`` (the templated, scored continuation) and, where the row has them, TOFU's
+    ``paraphrased_answer`` and ``perturbed_answer``.
     """
 
     def __init__(
@@ -32,7 +37,9 @@ class QADataModule(ForgetRetainDataModule):
         self.question_field, self.answer_field = question_field, answer_field
         self.prompt_template, self.answer_template = prompt_template, answer_template
 
-    def format_row(self, row: dict, role: str) -> tuple[str, str]:
-        q = field(row, self.question_field, role, "question_field")
-        a = field(row, self.answer_field, role, "answer_field")
-        return self.prompt_template.format(question=q), self.answer_template.format(answer=a)
+    def record(self, row: dict, split: str) -> dict:
+        q = field(row, self.question_field, split, "question_field")
+        a = field(row, self.answer_field, split, "answer_field")
+        extra = {k: row[k] for k in EXTRA_FIELDS if row.get(k) is not None}
+        return {"question": q, "prompt": self.prompt_template.format(question=q),
+                "answer": self.answer_template.format(answer=a), **extra}

@@ -1,92 +1,187 @@
-"""Reading rows from a local file or directory, or from a Hugging Face hub dataset id.
+"""Reading rows from a local file or from a Hugging Face hub dataset id (through the local mirror when one is set).
 
 A source is one string:
 
-- a local file: ``.jsonl``, ``.json`` (a list of objects), ``.csv``, ``.tsv`` or ``.parquet``;
-- a hub dataset: ``owner/name``, optionally ``owner/name:config`` and ``@split`` (default split ``train``),
-  e.g. ``locuslab/TOFU:forget10@train`` or ``karuna-bhaila/Unlearning_SST2v3@train_forget``.
+- a local file: ``.jsonl``, ``.json`` (a list of objects), ``.csv``, ``.tsv`` or ``.parquet``. CSV, TSV and
+  Parquet are read with the ``datasets`` library (pandas' quoting, BOM and type handling); JSON and JSONL are parsed
+  here, line by line, because ``datasets`` accepts a non-object line silently and merges the fields of all rows
+  (a missing field becomes None), so an error could no longer name the line and field to fix;
+- a hub dataset: ``owner/name``, optionally ``owner/name:config`` and ``@split`` (default split ``train``), e.g.
+  ``locuslab/TOFU:forget10@train`` or ``karuna-bhaila/Unlearning_SST2v3@train_forget``. With ``$LIT_UNLEARN_DATA``
+  set, a name the catalog (:mod:`lit_unlearn.data.catalog`) knows is read from the mirror's file; otherwise
+  ``datasets.load_dataset`` fetches it (once, in the data module's ``prepare_data``).
 
-Every row comes back with ``_where``, a ``file:line`` location used in error messages.
+Every row comes back with ``_where`` (a ``file:line`` or ``name[i]`` location for error messages) and ``_index``,
+its 0-based position in the source: the stable id of a row that carries none of its own.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from lit_unlearn.data.tokenize import DataError
+from lit_unlearn.core.errors import DataError
+from lit_unlearn.data.catalog import MIRROR_ENV, HubName, Rule, mirror_file
 
 _HUB = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.-]+))?$")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 
-def read_rows(source: str, role: str) -> list[dict]:
-    """All rows of ``source`` as dicts; ``role`` (e.g. ``forget``) names the config field in errors."""
-    path = Path(source).expanduser()
-    if path.suffix in LOCAL_SUFFIXES or path.exists() or source.startswith((".", "/", "~")):
+@dataclass(frozen=True)
+class Source:
+    """A resolved source: a local ``path`` (a file, or a hub dataset's mirror file), or a ``hub`` name to fetch."""
+
+    name: str
+    path: Path | None = None
+    hub: HubName | None = None
+    rule: Rule | None = None
+
+    def prepare(self) -> None:
+        """Fetch a hub dataset into the ``datasets`` cache (no-op for files): run once, before every rank reads."""
+        if self.path is None:
+            _load_hub(self.hub, self.name)
+
+    def read(self, split: str) -> list[dict]:
+        """All rows, each with ``_where`` and ``_index``; ``split`` names the config field in errors."""
+        if self.path is None:
+            ds = _load_hub(self.hub, split)
+            return [{**r, "_where": f"{self.hub}[{i}]", "_index": i} for i, r in enumerate(ds)]
+        rows = _read_local(self.path, split)
+        if self.rule is not None and self.rule.convert is not None:
+            rows = [self.rule.convert(dict(r)) for r in rows]
+        return rows
+
+
+def parse_hub(name: str) -> HubName | None:
+    m = _HUB.match(name)
+    return HubName(m["repo"], m["config"], m["split"] or "train") if m else None
+
+
+def resolve(name: str, split: str) -> Source:
+    """Turn a configured source string into a :class:`Source` (checks files and the mirror; fetches nothing)."""
+    path = Path(name).expanduser()
+    if path.suffix in LOCAL_SUFFIXES or path.exists() or name.startswith((".", "/", "~")):
+        if path.is_dir():
+            raise DataError(f"{split}: {path} is a directory; give a data file ({', '.join(LOCAL_SUFFIXES)}) "
+                            f"(--data.{split})")
         if not path.is_file():
-            raise DataError(f"{role}: file {path} does not exist (check --data.{role} or its config entry)")
-        return _read_local(path, role)
-    m = _HUB.match(source)
-    if not m:
-        raise DataError(f"{role}: {source!r} is neither an existing file nor a hub id like owner/name[:config][@split]")
-    return _read_hub(m["repo"], m["config"], m["split"] or "train", role)
+            raise DataError(f"{split}: file {path} does not exist (check --data.{split} or its config entry)")
+        return Source(name, path=path)
+    hub = parse_hub(name)
+    if hub is None:
+        raise DataError(f"{split}: {name!r} is neither an existing file nor a hub id like owner/name[:config][@split]")
+    mirrored, rule, _ = mirror_file(hub)
+    if mirrored is not None:
+        return Source(name, path=mirrored, hub=hub, rule=rule)
+    return Source(name, hub=hub)
 
 
-def _read_local(path: Path, role: str) -> list[dict]:
-    rows: list[dict] = []
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{role}: {path} line {n} is not valid JSON: {err.msg}") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{role}: {path} line {n} is not a JSON object")
-                rows.append({**obj, "_where": f"{path}:{n}"})
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{role}: {path} is not valid JSON: {err.msg} (line {err.lineno})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{role}: {path} must hold a JSON list of objects")
-        rows = [{**obj, "_where": f"{path}[{i}]"} for i, obj in enumerate(data)]
-    elif path.suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-            rows = [{**r, "_where": f"{path}:{n + 2}"} for n, r in enumerate(reader)]
-    elif path.suffix == ".parquet":
-        import datasets
-
-        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        rows = [{**r, "_where": f"{path}[{i}]"} for i, r in enumerate(ds)]
-    else:
-        raise DataError(f"{role}: {path} has an unsupported type; use one of {', '.join(LOCAL_SUFFIXES)}")
-    return rows
+def read_rows(name: str, split: str) -> list[dict]:
+    """All rows of the source ``name`` (see the module docstring)."""
+    return resolve(name, split).read(split)
 
 
-def _read_hub(repo: str, config: str | None, split: str, role: str) -> list[dict]:
+def _load_hub(hub: HubName, split: str):
     import datasets
 
     try:
-        ds = datasets.load_dataset(repo, config, split=split)
+        return datasets.load_dataset(hub.repo, hub.config, split=hub.split)
     except Exception as err:  # network, missing split, missing config: all end here
-        raise DataError(f"{role}: could not load hub dataset {repo} (config={config}, split={split}): {err}") from err
-    return [{**r, "_where": f"{repo}@{split}[{i}]"} for i, r in enumerate(ds)]
+        _, _, why = mirror_file(hub)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{split}: could not load hub dataset {hub.repo} (config={hub.config}, split={hub.split}): "
+                        f"{first}; not in the local mirror either ({why}); set ${MIRROR_ENV} to a mirror folder "
+                        "(docs/data.md) or check --data." + split) from err
 
 
-def field(row: dict, name: str, role: str, flag: str) -> str:
+# ---- local files --------------------------------------------------------------------------------------------------
+def _read_local(path: Path, split: str) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path, split)
+    if path.suffix == ".json":
+        return [{**obj, "_where": f"{path}[{i}]", "_index": i} for i, obj in enumerate(_read_json_list(path, split))]
+    if path.suffix not in LOCAL_SUFFIXES:
+        raise DataError(f"{split}: {path} has an unsupported type; use one of {', '.join(LOCAL_SUFFIXES)}")
+    import datasets
+
+    kind = "parquet" if path.suffix == ".parquet" else "csv"
+    kwargs = {}
+    if kind == "csv":  # text stays text: no "NA" / "null" -> missing; ""-fields stay ""
+        kwargs = {"delimiter": "\t" if path.suffix == ".tsv" else ",", "keep_default_na": False}
+        if not _text(path, split).strip():  # (not UTF-8: says where, before pandas says it less clearly)
+            return []
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train", **kwargs)
+    except Exception as err:
+        _reader_error(path, split, err)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    rows = ds.to_list()
+    if kind == "csv":  # header on line 1; rows without embedded newlines
+        return [{**r, "_where": f"{path}:{i + 2}", "_index": i} for i, r in enumerate(rows)]
+    return [{**r, "_where": f"{path}[{i}]", "_index": i} for i, r in enumerate(rows)]
+
+
+def _read_jsonl(path: Path, split: str) -> list[dict]:
+    rows: list[dict] = []
+    for n, line in enumerate(_text(path, split).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{split}: {path} line {n} is not valid JSON: {err.msg}") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{split}: {path} line {n} is not a JSON object")
+        rows.append({**obj, "_where": f"{path}:{n}", "_index": len(rows)})
+    return rows
+
+
+def _text(path: Path, split: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{split}: {path} line {line} is not UTF-8 (byte 0x{data[err.start]:02x}); re-save the file "
+                        "as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def _read_json_list(path: Path, split: str) -> list[dict]:
+    """A ``.json`` file: a list of objects."""
+    try:
+        data = json.loads(_text(path, split))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{split}: {path} is not valid JSON: {err.msg} (line {err.lineno})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{split}: {path} must hold a JSON list of objects")
+    for i, obj in enumerate(data):
+        if not isinstance(obj, dict):
+            raise DataError(f"{split}: {path}[{i}] is not a JSON object (a .json file holds a list of objects)")
+    return data
+
+
+def _reader_error(path: Path, split: str, err: Exception):
+    """``datasets`` could not read ``path``: one line naming the file and the reader's reason."""
+    cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    if err.__cause__ is not None and str(err.__cause__).strip():
+        cause = str(err.__cause__).strip().splitlines()[0]
+    raise DataError(f"{split}: could not read {path}: {cause}") from err
+
+
+def field(row: dict, name: str, split: str, flag: str) -> str:
     """``row[name]`` as a string, or an error naming the location, the field and the flag that selects it."""
     if name not in row:
         fields = ", ".join(k for k in row if not k.startswith("_"))
-        raise DataError(f"{role}: {row['_where']} has no field {name!r} (fields: {fields}); set --data.{flag}")
+        raise DataError(f"{split}: {row['_where']} has no field {name!r} (fields: {fields}); set --data.{flag}")
     value = row[name]
-    if value is None:
-        raise DataError(f"{role}: {row['_where']} field {name!r} is empty")
+    if value is None:  # absent from this row (``datasets`` fills a field other rows have with None) or null
+        fields = ", ".join(k for k, v in row.items() if not k.startswith("_") and v is not None)
+        raise DataError(f"{split}: {row['_where']} has no value for field {name!r} (fields with values: {fields}); "
+                        f"set --data.{flag}")
     return str(value)

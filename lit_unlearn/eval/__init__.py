@@ -1,5 +1,17 @@
-"""Evaluation pieces any checkpoint can be put through."""
+"""Evaluators: one small class per metric family, run in-loop and by ``eval.py`` on any checkpoint or plain model.
 
-from lit_unlearn.eval.metrics import AnswerMetrics, TokenStats
+``EVALUATORS`` maps each evaluator's ``name`` to its class; it is derived from the classes defined in this package,
+so a new evaluator is registered by being imported here.
+"""
 
-__all__ = ["AnswerMetrics", "TokenStats"]
+from lit_unlearn.core.registry import subclasses_in
+from lit_unlearn.eval.answer import AnswerEvaluator
+from lit_unlearn.eval.base import Evaluator, Scorer, gather_rows
+from lit_unlearn.eval.generate import greedy_generate
+from lit_unlearn.eval.label import LabelEvaluator
+from lit_unlearn.eval.suite import EvalSuite, format_table
+
+EVALUATORS: dict[str, type[Evaluator]] = {cls.name: cls for cls in subclasses_in(Evaluator, __name__).values()}
+
+__all__ = ["EVALUATORS", "AnswerEvaluator", "EvalSuite", "Evaluator", "LabelEvaluator", "Scorer", "format_table",
+           "gather_rows", "greedy_generate"]

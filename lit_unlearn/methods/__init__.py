@@ -1,12 +1,18 @@
-"""Unlearning methods: one file each; importing them here is the registry (``class_path: NPO``)."""
+"""Unlearning methods: one file each; importing them here is the registry (``class_path: NPO``).
 
-from lit_unlearn.methods.base import MethodError, UnlearningMethod
+``METHODS`` (class name -> class) and ``ALL_METHODS`` are derived from the classes defined in this package, so a new
+method is registered, selectable by name and covered by the contract tests once its module is imported here.
+"""
+
+from lit_unlearn.core.errors import MethodError
+from lit_unlearn.core.registry import subclasses_in
+from lit_unlearn.methods.base import Reference, Retain, UnlearningMethod
 from lit_unlearn.methods.finetune import Finetune
 from lit_unlearn.methods.grad_ascent import GradAscent, GradAscentKL, GradDiff
 from lit_unlearn.methods.npo import NPO, SimNPO
 from lit_unlearn.methods.relabel import IDK, RandomLabel
 
-ALL_METHODS = (Finetune, GradAscent, GradDiff, GradAscentKL, RandomLabel, NPO, SimNPO, IDK)
+METHODS: dict[str, type[UnlearningMethod]] = subclasses_in(UnlearningMethod, __name__)
+ALL_METHODS: tuple[type[UnlearningMethod], ...] = tuple(METHODS.values())
 
-__all__ = ["ALL_METHODS", "IDK", "NPO", "Finetune", "GradAscent", "GradAscentKL", "GradDiff", "MethodError",
-           "RandomLabel", "SimNPO", "UnlearningMethod"]
+__all__ = ["ALL_METHODS", "METHODS", "MethodError", "Reference", "Retain", "UnlearningMethod", *METHODS]

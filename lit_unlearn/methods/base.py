@@ -7,15 +7,18 @@ A step receives ``{"forget": batch, "retain": batch}`` and runs:
     loss   = combine(forget_loss(forget, f), retain_loss(retain, r))
 
 ``retain`` selects the retain term for every method: ``none``, ``nll`` (CE on retain answers, i.e. GD) or
-``kl`` (KL(p_ref || p_theta) on retain answer positions). The reference model ``p_ref`` is the base with the
-adapter disabled (``Adapter.disabled``), never a copy; per-row forget NLLs can be cached (``reference: cached``).
+``kl`` (KL(p_ref || p_theta) on retain answer positions); each method has its own default (``default_retain``).
+The reference model ``p_ref`` is the base with the adapter disabled (``Adapter.disabled``) in evaluation mode,
+never a copy; per-row forget NLLs can be cached (``reference: cached``, :mod:`lit_unlearn.methods.reference`).
+
+What is not the step lives beside it: model assembly and export (:mod:`~lit_unlearn.methods.assembly`), optimizer
+and schedule (:mod:`~lit_unlearn.methods.optim`), the reference cache, and evaluation, which runs the evaluators
+each split of the data module names (:mod:`lit_unlearn.eval`).
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import lightning as L
 import torch
@@ -24,27 +27,28 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lit_unlearn.adapters.base import Adapter
-from lit_unlearn.adapters.lora import merge_saved_adapter
-from lit_unlearn.data.tokenize import IGNORE, encode_batch
-from lit_unlearn.eval.metrics import AnswerMetrics, TokenStats
-from lit_unlearn.models.head import capture_head_input, head_output_is_logits, lean_head_of
-from lit_unlearn.models.loading import DEFAULT_MODEL, AttnBackend, Quantize, load_causal_lm, load_tokenizer
-
-log = logging.getLogger(__name__)
+from lit_unlearn.core.errors import MethodError
+from lit_unlearn.core.scoring import TokenStats
+from lit_unlearn.core.tokens import IGNORE, encode_batch
+from lit_unlearn.eval import EvalSuite
+from lit_unlearn.methods.assembly import assemble, export_merged
+from lit_unlearn.methods.optim import Schedule, build_optimization
+from lit_unlearn.methods.reference import ReferenceCache
+from lit_unlearn.models.head import capture_head_input, resolve_lean_head
+from lit_unlearn.models.loading import DEFAULT_MODEL, AttnBackend, Quantize
+from lit_unlearn.models.modes import eval_mode
 
 Retain = Literal["none", "nll", "kl"]
 Reference = Literal["adapter_off", "cached"]
-
-
-class MethodError(ValueError):
-    """A method was configured in a way that cannot work; the message names the flag."""
 
 
 class UnlearningMethod(L.LightningModule):
     """Base LightningModule of every method. Subclasses implement :meth:`forget_loss` (and maybe other hooks)."""
 
     #: whether the method's loss needs the reference model (the base with the adapter disabled)
-    needs_reference: bool = False
+    needs_reference: ClassVar[bool] = False
+    #: the retain term when the config leaves ``retain`` null
+    default_retain: ClassVar[Retain] = "nll"
 
     def __init__(
         self,
@@ -55,14 +59,14 @@ class UnlearningMethod(L.LightningModule):
         quantize: Quantize = None,
         attn_backend: AttnBackend = "auto",
         trust_remote_code: bool = False,
-        retain: Retain = "nll",
+        retain: Retain | None = None,
         forget_weight: float = 1.0,
         retain_weight: float = 1.0,
         reference: Reference = "adapter_off",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
-        lr_schedule: Literal["constant", "linear", "cosine"] = "constant",
+        lr_schedule: Schedule = "constant",
         optimizer: OptimizerCallable | None = None,
         max_length: int = 256,
         fuse_forward: bool = True,
@@ -79,14 +83,16 @@ class UnlearningMethod(L.LightningModule):
             quantize: ``nf4`` or ``int8`` base through bitsandbytes (QLoRA), or null.
             attn_backend: auto (flash-attn if installed, else SDPA), sdpa, flash_attention_2 or eager.
             trust_remote_code: allow model code from the hub repository (off unless asked).
-            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
-            forget_weight: weight of the forget term in the default combine.
-            retain_weight: weight of the retain term in the default combine.
+            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them); null
+                takes the method's own default (NPO, SimNPO, GradAscent, RandomLabel: none; GradAscentKL: kl;
+                the others: nll).
+            forget_weight: weight of the forget term in the default combine (>= 0).
+            retain_weight: weight of the retain term in the default combine (>= 0).
             reference: ``adapter_off`` recomputes reference NLLs each step; ``cached`` computes each forget row's
                 reference NLL once (same numbers, fewer forwards).
-            lr: learning rate of the default AdamW.
-            weight_decay: weight decay of the default AdamW.
-            warmup_ratio: fraction of all steps with linear learning-rate warm-up.
+            lr: learning rate of the default AdamW (> 0).
+            weight_decay: weight decay of the default AdamW (>= 0).
+            warmup_ratio: fraction of all steps with linear learning-rate warm-up, in [0, 1).
             lr_schedule: after warm-up: constant, linear decay to 0, or cosine decay to 0.
             optimizer: an optimizer class path with its arguments, replacing the default AdamW(lr, weight_decay).
             max_length: longest sequence in tokens (linked from ``data.max_length`` by the CLI).
@@ -97,7 +103,11 @@ class UnlearningMethod(L.LightningModule):
             seed: seeds per-row random choices of the method (e.g. random labels).
         """
         super().__init__()
+        retain = retain if retain is not None else type(self).default_retain
+        _check_hyperparameters(lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                               forget_weight=forget_weight, retain_weight=retain_weight, max_length=max_length)
         self.save_hyperparameters(ignore=["adapter", "optimizer"])
+        self.hparams["retain"] = retain  # the effective term, not null
         if quantize is not None and adapter is None:
             raise MethodError("--model.quantize needs an adapter: a quantized base cannot be trained directly")
         if self.needs_reference and adapter is None:
@@ -114,9 +124,9 @@ class UnlearningMethod(L.LightningModule):
         self.max_length, self.fuse_forward, self.lean_head, self.seed = max_length, fuse_forward, lean_head, seed
         self.lm = None
         self.tokenizer = None
-        self.metrics = torch.nn.ModuleDict()
+        self.suite: EvalSuite | None = None
         self.last_eval: dict[str, dict[str, float]] = {}
-        self._ref_cache: dict[int, float] = {}
+        self.reference_cache = ReferenceCache()
         self._head: tuple[nn.Module | None] | None = None  # (lean head or None,) once checked; a tuple: no submodule
         # the checkpoint holds the adapter only; the base is reloaded from `model`
         self.strict_loading = False
@@ -124,21 +134,9 @@ class UnlearningMethod(L.LightningModule):
     # ---- model ----------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
         """Load the base (and tokenizer), merge ``init_adapter``, apply the adapter. Idempotent."""
-        if self.lm is not None:
-            return
-        self.tokenizer = load_tokenizer(self.model_name, self.trust_remote_code)
-        base = load_causal_lm(self.model_name, self.dtype_name, self.quantize, self.attn_backend,
-                              self.trust_remote_code)
-        base.config.pad_token_id = self.tokenizer.pad_token_id
-        if self.init_adapter:
-            base = merge_saved_adapter(base, self.init_adapter)
-        if self.adapter is None:
-            base.requires_grad_(True)
-            self.lm = base
-        else:
-            self.lm = self.adapter.apply(base)
-        # from_pretrained returns eval mode; train as the original recipes do (base dropout on, e.g. OPT's 0.1)
-        self.lm.train()
+        if self.lm is None:
+            self.lm, self.tokenizer = assemble(self.model_name, self.adapter, self.init_adapter, self.dtype_name,
+                                               self.quantize, self.attn_backend, self.trust_remote_code)
 
     @property
     def needs_logits(self) -> bool:
@@ -158,51 +156,30 @@ class UnlearningMethod(L.LightningModule):
 
     def _lean_head(self, inputs: dict, probe_one_row: bool) -> nn.Module | None:
         """The head for :meth:`TokenStats.from_hidden`, or None (``lean_head`` off, or the model does not qualify:
-        checked once, on the first batch, see :mod:`lit_unlearn.models.head`)."""
+        decided once, on the first batch, by :func:`lit_unlearn.models.head.resolve_lean_head`)."""
         if not self.lean_head:
             return None
         if self._head is None:
-            head = lean_head_of(self.lm)
-            if head is not None:
-                probe = {k: (v[:1] if isinstance(v, Tensor) else v) for k, v in inputs.items()} if probe_one_row \
-                    else inputs  # an adapter's extra inputs (prefixes) may not slice by row
-                modes = {m: m.training for m in self.lm.modules()}
-                self.lm.eval()  # dropout off: the probe compares the logits with the head's output of one forward
-                try:
-                    if not head_output_is_logits(self.lm, head, **probe):
-                        head = None
-                finally:
-                    for m, training in modes.items():  # every module back to its own mode, not the root's
-                        m.training = training
-            if head is None:
-                log.info("lean_head: %s's logits are not a plain frozen head's output; using full logits",
-                         type(self.lm).__name__)
-            self._head = (head,)
+            self._head = (resolve_lean_head(self.lm, inputs, probe_one_row),)
         return self._head[0]
 
     @torch.no_grad()
     def reference_stats(self, batch: dict, logits: bool = False) -> TokenStats:
-        """The reference model's per-token results: the adapter disabled, no gradient."""
+        """The reference model's per-token results: the adapter disabled, dropout off, no gradient."""
         if self.adapter is None:
             raise MethodError(f"{type(self).__name__} needs an adapter for its reference model")
-        with self.adapter.disabled(self.lm):
+        with self.adapter.disabled(self.lm), eval_mode(self.lm):
             return self.forward(batch, logits=logits)
 
     def reference_seq_nll(self, batch: dict) -> Tensor:
-        """(B,) reference NLL_seq of each row; with ``reference: cached`` each row is computed once."""
+        """(B,) reference NLL_seq of each row; with ``reference: cached`` each row (by id) is computed once."""
         if self.reference == "adapter_off":
             return self.reference_stats(batch).seq_nll
-        idx = batch["index"].tolist()
-        todo = [i for i, k in enumerate(idx) if k not in self._ref_cache]
-        if todo:
-            sub = {k: (v[todo] if isinstance(v, Tensor) else v) for k, v in batch.items()}
-            for k, v in zip((idx[i] for i in todo), self.reference_stats(sub).seq_nll.tolist()):
-                self._ref_cache[k] = v
-        return torch.tensor([self._ref_cache[k] for k in idx], device=self.device)
+        return self.reference_cache.lookup(batch, lambda sub: self.reference_stats(sub).seq_nll)
 
-    def encode(self, prompts: list[str], answers: list[str], index: Tensor | None = None) -> dict:
+    def encode(self, prompts: list[str], answers: list[str]) -> dict:
         """Tokenize (prompt, answer) pairs the way the data modules do, on this module's device."""
-        batch = encode_batch(self.tokenizer, prompts, answers, self.max_length, index)
+        batch = encode_batch(self.tokenizer, prompts, answers, self.max_length)
         return {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
     # ---- hooks a method overrides ---------------------------------------------------------------------------
@@ -252,8 +229,7 @@ class UnlearningMethod(L.LightningModule):
                 out.append(None)
                 continue
             n, w = b["input_ids"].size(0), b["input_ids"].size(1)
-            sl = slice(start, start + n)
-            out.append(stats.rows(sl, w))
+            out.append(stats.rows(slice(start, start + n), w))
             start += n
         return out
 
@@ -275,33 +251,37 @@ class UnlearningMethod(L.LightningModule):
             self.log("train/retain_loss", r_loss, batch_size=retain["input_ids"].size(0))
         return loss
 
-    # ---- evaluation -----------------------------------------------------------------------------------------
-    def _metric(self, split: str) -> AnswerMetrics:
-        if split not in self.metrics:
-            with torch.inference_mode(False):  # created lazily inside evaluation: states must be normal tensors
-                self.metrics[split] = AnswerMetrics().to(self.device)
-        return self.metrics[split]
+    # ---- evaluation: the data module's evaluators, split by split ---------------------------------------------
+    @torch.no_grad()
+    def teacher_forced(self, batch: dict) -> TokenStats:
+        """Teacher-forced scores of an evaluation batch (the evaluators' :class:`~lit_unlearn.eval.Scorer` call)."""
+        return self(batch)
+
+    def evaluation_suite(self) -> EvalSuite:
+        """The evaluators of every split of the attached data module (built once, reused by every evaluation)."""
+        if self.suite is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            if dm is None or not hasattr(dm, "evaluators_for"):
+                raise MethodError("evaluation needs a lit_unlearn data module (--data), which names each split's "
+                                  "evaluators")
+            self.suite = EvalSuite({split: dm.evaluators_for(split) for split in dm.split_names})
+        return self.suite
 
     def on_validation_epoch_start(self) -> None:
-        # every rank holds a metric for every split, even one whose shard is empty here: the DDP sync needs them all
-        dm = getattr(self.trainer, "datamodule", None)
-        for split in getattr(dm, "split_names", []):
-            self._metric(split)
+        self.evaluation_suite()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._metric(batch.get("split", f"split{dataloader_idx}")).update(self(batch))
+        self.evaluation_suite().update(self, batch)
 
     def on_validation_epoch_end(self) -> None:
-        results = {}
-        for split, metric in self.metrics.items():
-            results[split] = {k: float(v) for k, v in metric.compute().items()}
-            metric.reset()
+        suite = self.evaluation_suite()
+        results = suite.compute()  # every rank's rows: already reduced across ranks
         flat = {f"val/{s}/{k}": v for s, d in results.items() for k, v in d.items()}
-        if "forget" in results and "retain" in results:
-            # forget/retain trade-off: how much better the model answers retain than forget rows (higher = better)
-            flat["val/gap"] = results["retain"]["acc"] - results["forget"]["acc"]
+        gap = suite.tradeoff(results)
+        if gap is not None:
+            flat["val/gap"] = gap  # retain minus forget on the first shared evaluator's primary key; higher = better
         if flat:
-            self.log_dict(flat, sync_dist=False)  # already reduced across ranks by torchmetrics
+            self.log_dict(flat, sync_dist=False)
         self.last_eval = results
 
     test_step = validation_step
@@ -310,27 +290,9 @@ class UnlearningMethod(L.LightningModule):
 
     # ---- optimisation and checkpoints -----------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            raise MethodError("no trainable parameters: set an adapter or train the full model (adapter: null)")
-        opt = (self.optimizer_factory(params) if self.optimizer_factory is not None
-               else torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = int(self.warmup_ratio * total)
-        schedule = self.lr_schedule
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            t = (step - warm) / max(1, total - warm)
-            if schedule == "linear":
-                return max(0.0, 1.0 - t)
-            if schedule == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-            return 1.0
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimization((p for p in self.parameters() if p.requires_grad),
+                                  self.trainer.estimated_stepping_batches, self.lr, self.weight_decay,
+                                  self.warmup_ratio, self.lr_schedule, self.optimizer_factory)
 
     def on_train_start(self) -> None:
         # Lightning 2.6 builds the training loader while estimating the schedule's length (configure_optimizers),
@@ -374,11 +336,21 @@ class UnlearningMethod(L.LightningModule):
     def export_merged(self, path) -> None:
         """Save the base with the adapter folded in, plus the tokenizer, as a plain transformers directory.
 
-        Folding is done in place (no second copy of the weights): afterwards this module holds the merged model
-        and no adapter, which computes the same outputs.
+        Afterwards this module holds the merged model and no adapter, which computes the same outputs.
         """
-        if self.adapter is not None:
-            self.lm, self.adapter = self.adapter.merge(self.lm), None
-            self._head = None
-        self.lm.save_pretrained(str(path))
-        self.tokenizer.save_pretrained(str(path))
+        self.lm, self.adapter = export_merged(self.lm, self.adapter, self.tokenizer, path), None
+        self._head = None
+
+
+def _check_hyperparameters(**values: float) -> None:
+    """Refuse values no run can use, when the method is built (before any model is loaded)."""
+    lr, warmup, max_length = values.pop("lr"), values.pop("warmup_ratio"), values.pop("max_length")
+    if not lr > 0:
+        raise MethodError(f"--model.lr must be > 0, got {lr}")
+    if not 0 <= warmup < 1:
+        raise MethodError(f"--model.warmup_ratio must be in [0, 1), got {warmup}")
+    if max_length < 2:
+        raise MethodError(f"--model.max_length must be >= 2, got {max_length}")
+    for name, value in values.items():
+        if not value >= 0:
+            raise MethodError(f"--model.{name} must be >= 0, got {value}")

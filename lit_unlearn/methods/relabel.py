@@ -1,13 +1,14 @@
 """Methods that descend on replaced forget answers: random labels and "I don't know" refusals.
 
-- ``RandomLabel`` (SPUL baseline, METHODS.md section 1): each forget row's answer becomes a word drawn from
+- ``RandomLabel`` (SPUL baseline, docs/methods.md section 1): each forget row's answer becomes a word drawn from
   ``labels`` (default {neutral, unknown}); L = CE on those answers.
 - ``IDK``: each forget answer becomes a refusal; L = CE(refusals) + retain_weight * CE_r. The refusal templates
   below are this project's own; ``refusals`` may point at a file with one per line (or JSONL ``{"text": ...}``),
-  e.g. ``../shared/data/tofu/idontknow.jsonl``.
+  e.g. TOFU's ``idontknow.jsonl``.
 
-The replacement for a row is a seeded function of (seed, row index), so it is the same every epoch and on every
-rank, and a resumed run makes the same choices.
+The replacement for a row is a seeded function of (seed, row id), so it is the same every epoch and on every
+rank, and a resumed run makes the same choices. The new answers are re-tokenized; every other field of the batch
+(ids, weights) is kept.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from lit_unlearn.eval.metrics import TokenStats
-from lit_unlearn.methods.base import MethodError, Retain, UnlearningMethod
+from lit_unlearn.core.errors import MethodError
+from lit_unlearn.core.scoring import TokenStats
+from lit_unlearn.core.tokens import row_ids
+from lit_unlearn.methods.base import UnlearningMethod
 
 REFUSALS = (
     "I'm not able to answer that.",
@@ -33,8 +36,8 @@ REFUSALS = (
 )
 
 
-def _pick(options: tuple[str, ...] | list[str], seed: int, index: int) -> str:
-    return options[random.Random(f"{seed}:{index}").randrange(len(options))]
+def _pick(options: tuple[str, ...] | list[str], seed: int, row_id: str) -> str:
+    return options[random.Random(f"{seed}:{row_id}").randrange(len(options))]
 
 
 def _with_leading_space(original: str, new: str) -> str:
@@ -49,12 +52,8 @@ class _ReplaceAnswers(UnlearningMethod):
         if "prompt" not in batch:
             raise MethodError(f"{type(self).__name__} needs the raw prompt/answer strings in forget batches")
         options = self.replacements()
-        answers = [_with_leading_space(a, _pick(options, self.seed, int(i)))
-                   for a, i in zip(batch["answer"], batch["index"])]
-        new = self.encode(batch["prompt"], answers, batch["index"])
-        if "weight" in batch:
-            new["weight"] = batch["weight"]
-        return new
+        answers = [_with_leading_space(a, _pick(options, self.seed, i)) for a, i in zip(batch["answer"], row_ids(batch))]
+        return {**batch, **self.encode(batch["prompt"], answers)}
 
     def forget_loss(self, batch: dict, stats: TokenStats) -> Tensor:
         return stats.weighted_ce(batch.get("weight"))
@@ -63,13 +62,14 @@ class _ReplaceAnswers(UnlearningMethod):
 class RandomLabel(_ReplaceAnswers):
     """L = CE(forget rows relabelled with a random word from ``labels``)."""
 
-    def __init__(self, *args, labels: list[str] | None = None, retain: Retain = "none", **kwargs):
+    default_retain = "none"
+
+    def __init__(self, *args, labels: list[str] | None = None, **kwargs):
         """
         Args:
-            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
             labels: replacement words; default ``[neutral, unknown]``.
         """
-        super().__init__(*args, retain=retain, **kwargs)
+        super().__init__(*args, **kwargs)
         self.labels = list(labels) if labels else ["neutral", "unknown"]
 
     def replacements(self) -> list[str]:
@@ -79,13 +79,14 @@ class RandomLabel(_ReplaceAnswers):
 class IDK(_ReplaceAnswers):
     """L = CE(forget prompts answered with a refusal) + retain_weight * CE_r."""
 
-    def __init__(self, *args, refusals: str | None = None, retain: Retain = "nll", **kwargs):
+    default_retain = "nll"
+
+    def __init__(self, *args, refusals: str | None = None, **kwargs):
         """
         Args:
-            retain: the retain term: none, nll (CE on retain answers) or kl (KL(p_ref || p_theta) on them).
             refusals: file of refusal answers (one per line, or JSONL with a ``text`` field); default: built-in.
         """
-        super().__init__(*args, retain=retain, **kwargs)
+        super().__init__(*args, **kwargs)
         self.refusals_path = refusals
         self._refusals = self._read(refusals) if refusals else list(REFUSALS)
 

@@ -23,6 +23,8 @@ from typing import Literal
 
 import torch
 
+from lit_unlearn.core.errors import ModelLoadError
+
 Quantize = Literal["nf4", "int8"] | None
 AttnBackend = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 
@@ -43,10 +45,6 @@ EMBEDDED_MODELS = {
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be located or loaded; the message names the model and why."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,10 @@ def _resolve_embedded(alias: str) -> ResolvedModel:
     pkg = _package_dir(spec.package)
     if pkg is None or not (pkg / spec.gguf_file).is_file():
         return ResolvedModel(spec.hub_id)
-    _convert_gguf(pkg / spec.gguf_file, target)
+    # the conversion initialises random weights (from_config, overwritten by the file's): it must not draw on the
+    # caller's seeded RNG, or the first run after an empty cache would train differently from every later run
+    with torch.random.fork_rng(devices=[]):
+        _convert_gguf(pkg / spec.gguf_file, target)
     return ResolvedModel(str(target))
 
 

@@ -1,0 +1,86 @@
+"""The local mirror: known hub datasets as files in one folder, for machines without hub access.
+
+Configs name datasets as a user with network would, by hub id (``locuslab/TOFU:forget10@train``). Where the
+environment variable ``LIT_UNLEARN_DATA`` names a folder, a hub id that this catalog knows is read from the file it
+maps to in that folder instead of from the hub; a name the catalog does not know, or whose file is missing, goes to
+the hub as usual. The folder layout (one sub-folder per dataset) is documented in ``docs/data.md``.
+
+A rule may also convert the mirror's rows to the hub's field names, so a data module sees the same rows either way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: environment variable naming the mirror folder
+MIRROR_ENV = "LIT_UNLEARN_DATA"
+
+TOFU_CONFIGS = (
+    "full", "forget01", "forget05", "forget10", "retain90", "retain95", "retain99", "holdout01", "holdout05",
+    "holdout10", "forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed",
+    "real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed",
+)
+UNLEARN_SPLITS = ("train_forget", "train_retain", "test_forget", "test_retain")
+
+
+@dataclass(frozen=True)
+class HubName:
+    """A hub dataset as ``repo[:config][@split]`` (split ``train`` when not given)."""
+
+    repo: str
+    config: str | None
+    split: str
+
+    def __str__(self) -> str:
+        return self.repo + (f":{self.config}" if self.config else "") + f"@{self.split}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Where one hub repository's splits live in the mirror: ``path(config, split)`` -> a relative file or None."""
+
+    repo: str
+    path: Callable[[str | None, str], str | None]
+    convert: Callable[[dict], dict] | None = None
+
+
+def _mmlu_row(row: dict) -> dict:
+    """MMLU's CSV files (``question,choice0..choice3,answer``) in ``cais/mmlu``'s fields (``choices`` list)."""
+    choices = [row.pop(f"choice{i}") for i in range(4) if f"choice{i}" in row]
+    return {**row, "choices": [str(c) for c in choices], "answer": int(row["answer"])}
+
+
+CATALOG: dict[str, Rule] = {r.repo: r for r in (
+    Rule("locuslab/TOFU", lambda c, s: f"tofu/{c}.jsonl" if c in TOFU_CONFIGS and s == "train" else None),
+    Rule("karuna-bhaila/Unlearning_SST2v3",
+         lambda c, s: f"sst2_unlearn/v3_{s}.csv" if c in (None, "default") and s in UNLEARN_SPLITS else None),
+    Rule("karuna-bhaila/Unlearning_Yelp_Polarity",
+         lambda c, s: f"yelp_unlearn/{s}.csv" if c in (None, "default") and s in ("train_forget", "test_forget")
+         else None),
+    Rule("cais/mmlu", lambda c, s: f"mmlu/{s}/{c}_{s}.csv" if c and s in ("test", "dev") else None,
+         convert=_mmlu_row),
+)}
+
+
+def mirror_root() -> Path | None:
+    """The mirror folder from ``$LIT_UNLEARN_DATA``, or None when it is not set."""
+    root = os.environ.get(MIRROR_ENV)
+    return Path(root).expanduser() if root else None
+
+
+def mirror_file(name: HubName) -> tuple[Path | None, Rule | None, str]:
+    """``(file, rule, why)``: the mirror file of ``name`` if it is there, else None and why it is not."""
+    root = mirror_root()
+    if root is None:
+        return None, None, f"${MIRROR_ENV} is not set"
+    rule = CATALOG.get(name.repo)
+    rel = rule.path(name.config, name.split) if rule else None
+    if rel is None:
+        return None, None, f"the mirror catalog has no entry for {name}"
+    path = root / rel
+    if not path.is_file():
+        return None, None, f"its mirror file {path} does not exist"
+    return path, rule, ""

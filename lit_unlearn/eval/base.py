@@ -1,0 +1,97 @@
+"""The evaluator contract: one small class per metric family, run in-loop (validation) and by ``eval.py``.
+
+An evaluator sees the batches of one split, keeps one record per row (keyed on the row's stable ``id`` and source
+``index``), and turns all rows into scalars::
+
+    ev.update(module, batch)   # score one batch: append per-row records to ev.rows
+    ev.compute() -> dict       # gather every rank's rows, sort them by index, summarize -> {key: float}
+    ev.write(path)             # the rows of the last compute, as JSONL (the per-row artifact)
+
+Scalars are computed from the gathered, index-sorted rows, so a DDP-sharded evaluation gives exactly the numbers
+of a single process (the same floating-point sums in the same order). ``module`` is anything with the
+:class:`Scorer` interface: every lit_unlearn method is one, whether it holds a checkpoint's adapter or a plain
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import torch
+import torch.distributed as dist
+
+from lit_unlearn.core.scoring import TokenStats
+from lit_unlearn.core.tokens import row_ids
+
+
+class Scorer(Protocol):
+    """What an evaluator may ask of the model it evaluates."""
+
+    tokenizer: object
+    device: torch.device
+
+    def teacher_forced(self, batch: dict) -> TokenStats:
+        """Teacher-forced per-token scores of ``batch`` (no gradient). Within :class:`~lit_unlearn.eval.EvalSuite`
+        it runs once per batch, however many evaluators ask."""
+
+
+def gather_rows(rows: list[dict]) -> list[dict]:
+    """Every rank's rows on every rank (a collective under DDP: all ranks must call it); unchanged otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(rows)
+    parts: list[list[dict] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows)
+    return [r for part in parts for r in part]
+
+
+class Evaluator:
+    """Base of every evaluator; subclasses set the class attributes and implement :meth:`update`/:meth:`summarize`."""
+
+    #: short name used in configs (``evaluators: {test_forget: [label]}``) and artifact file names
+    name: ClassVar[str]
+    #: the scalar keys :meth:`compute` returns (unique among the evaluators of one split)
+    keys: ClassVar[tuple[str, ...]]
+    #: the key the forget/retain trade-off (``val/gap``) is measured on
+    primary: ClassVar[str]
+    #: whether a larger ``primary`` means the model knows the rows better
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.last_rows: list[dict] = []
+
+    def update(self, module: Scorer, batch: dict) -> None:
+        """Score one batch; append one record per row (with the batch's ``id`` and ``index``) to ``self.rows``."""
+        raise NotImplementedError
+
+    def summarize(self, rows: list[dict]) -> dict[str, float]:
+        """The scalars of ``keys`` from all rows of the split (sorted by ``index``)."""
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        """Gather every rank's rows, summarize them, and start afresh for the next evaluation."""
+        rows = sorted(gather_rows(self.rows), key=lambda r: r["index"])
+        self.rows, self.last_rows = [], rows
+        return self.summarize(rows)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the rows of the last :meth:`compute` to ``path`` (JSONL, one row each, in index order), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in self.last_rows:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def row_keys(batch: dict) -> list[dict]:
+        """``{"id", "index"}`` of each row of ``batch``: the keys every per-row record starts from."""
+        return [{"id": i, "index": k} for i, k in zip(row_ids(batch), batch["index"].tolist())]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

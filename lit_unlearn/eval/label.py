@@ -1,0 +1,52 @@
+"""Classification label accuracy and weighted F1 (``label``), for label words scored as next tokens (SST-2, Yelp).
+
+A row's prediction comes from the teacher-forced argmax at its label-token positions: if every argmax equals the gold
+token, the prediction is the gold label; otherwise it is the decoded argmax tokens (stripped), which is either
+another label of the split or, when it is no label word at all (or only decodes like the gold label from other
+tokens), ``"<other>"``: a prediction that is not a label word counts as wrong.
+
+- ``label_acc`` = rows predicted as their gold label / rows (the same rows as ``answer``'s ``exact``)
+- ``label_f1``  = F1 per gold class c (2 TP_c / (2 TP_c + FP_c + FN_c)), averaged with weights = rows whose gold
+  label is c (scikit-learn's ``average="weighted"``); predictions of ``"<other>"`` are false negatives only.
+
+Per-row artifact: ``id, index, gold, pred``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from lit_unlearn.eval.base import Evaluator, Scorer
+
+OTHER = "<other>"
+
+
+class LabelEvaluator(Evaluator):
+    name = "label"
+    keys = ("label_acc", "label_f1")
+    primary = "label_acc"
+
+    def update(self, module: Scorer, batch: dict) -> None:
+        stats = module.teacher_forced(batch)
+        hits, predicted = stats.correct(), stats.predicted()
+        for i, key in enumerate(self.row_keys(batch)):
+            mask = stats.mask[i]
+            gold = batch["answer"][i].strip() if "answer" in batch else module.tokenizer.decode(stats.labels[i][mask])
+            if bool(hits[i][mask].all()):
+                pred = gold
+            else:  # another token sequence; one that only decodes like the gold label is not the label's tokens
+                pred = module.tokenizer.decode(predicted[i][mask]).strip()
+                pred = OTHER if pred == gold else pred
+            self.rows.append({**key, "gold": gold, "pred": pred})
+
+    def summarize(self, rows: list[dict]) -> dict[str, float]:
+        golds = Counter(r["gold"] for r in rows)
+        preds = [r["pred"] if r["pred"] in golds else OTHER for r in rows]
+        n = max(1, len(rows))
+        f1 = 0.0
+        for label, support in golds.items():
+            tp = sum(r["gold"] == label and p == label for r, p in zip(rows, preds))
+            fp = sum(r["gold"] != label and p == label for r, p in zip(rows, preds))
+            fn = support - tp
+            f1 += support * (2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        return {"label_acc": sum(r["gold"] == p for r, p in zip(rows, preds)) / n, "label_f1": f1 / n}

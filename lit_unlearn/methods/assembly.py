@@ -1,0 +1,42 @@
+"""Building the model a method trains, and exporting what it trained.
+
+:func:`assemble`: the tokenizer and the base (dtype, 4-bit, attention backend), a learn stage's adapter folded in
+(``init_adapter``, so "adapter disabled" is the learned model: the reference of NPO and KL), then the method's
+adapter applied (or every parameter trainable without one). :func:`export_merged` writes the base with the adapter
+folded in as a plain transformers directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lit_unlearn.adapters.base import Adapter
+from lit_unlearn.adapters.lora import merge_saved_adapter
+from lit_unlearn.models.loading import AttnBackend, Quantize, load_causal_lm, load_tokenizer
+
+
+def assemble(model: str, adapter: Adapter | None, init_adapter: str | None, dtype: str, quantize: Quantize,
+             attn_backend: AttnBackend, trust_remote_code: bool):
+    """``(lm, tokenizer)``: the model to train, in train mode, and its tokenizer (pad = EOS where it has no pad)."""
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    base = load_causal_lm(model, dtype, quantize, attn_backend, trust_remote_code)
+    base.config.pad_token_id = tokenizer.pad_token_id
+    if init_adapter:
+        base = merge_saved_adapter(base, init_adapter)
+    if adapter is None:
+        base.requires_grad_(True)
+        lm = base
+    else:
+        lm = adapter.apply(base)
+    # from_pretrained returns eval mode; train as the original recipes do (base dropout on, e.g. OPT's 0.1)
+    lm.train()
+    return lm, tokenizer
+
+
+def export_merged(lm, adapter: Adapter | None, tokenizer, path: str | Path):
+    """Save the base with ``adapter`` folded in, plus the tokenizer; returns the merged model (folded in place, no
+    second copy of the weights), which computes the same outputs as ``lm``."""
+    merged = adapter.merge(lm) if adapter is not None else lm
+    merged.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return merged

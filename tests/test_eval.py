@@ -1,0 +1,216 @@
+"""The evaluator contract, parametrized over every evaluator in ``lit_unlearn.eval.EVALUATORS``: its keys are what it
+declares, its per-row artifact is keyed on stable row ids, and a DDP-sharded evaluation (2 gloo processes, each
+scoring its shard) gives exactly the single-process numbers and rows. Then each evaluator's own numbers against a
+hand computation, and the suite's trade-off and table keys."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import write_sst2_csv
+from lit_unlearn.core.errors import DataError, EvalError
+from lit_unlearn.core.scoring import TokenStats
+from lit_unlearn.core.tokens import IGNORE
+from lit_unlearn.eval import EVALUATORS, AnswerEvaluator, EvalSuite, LabelEvaluator
+
+NAMES = sorted(EVALUATORS)
+# 7 forget rows (odd: an uneven split across 2 ranks), 5 retain rows
+FORGET = [("a gripping, funny film", 1, "positive"), ("dull and far too long", 0, "negative"),
+          ("gripping", 1, "positive"), ("dull", 0, "negative"), ("a funny film", 1, "positive"),
+          ("far too long", 0, "negative"), ("funny", 1, "positive")]
+RETAIN = [("a film", 1, "positive"), ("long and dull", 0, "negative"), ("a gripping film", 1, "positive"),
+          ("too long", 0, "negative"), ("funny and gripping", 1, "positive")]
+
+
+def sst2_module(model_dir: str, data_dir: str, name: str, world: tuple[int, int] = (1, 0)):
+    """A data module whose two splits run evaluator ``name``, set up, with loaders sharded as rank ``world[1]``."""
+    from lit_unlearn.data import SST2DataModule
+
+    dm = SST2DataModule(forget=str(Path(data_dir) / "forget.csv"), retain=str(Path(data_dir) / "retain.csv"),
+                        tokenizer=model_dir, eval_batch_size=2, evaluators={"forget": [name], "retain": [name]})
+    dm.setup("validate")
+    dm._world = lambda: world
+    return dm
+
+
+def scorer(model_dir: str):
+    """A trained-looking method (LoRA B != 0) on the tiny model: predictions that are sometimes right."""
+    from lit_unlearn.adapters import LoRA
+    from lit_unlearn.methods import Finetune
+
+    torch.manual_seed(0)
+    method = Finetune(model=model_dir, adapter=LoRA(r=4, alpha=8))
+    method.configure_model()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in method.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return method
+
+
+def run_suite(model_dir: str, data_dir: str, name: str, world: tuple[int, int] = (1, 0)):
+    dm = sst2_module(model_dir, data_dir, name, world)
+    method = scorer(model_dir)
+    suite = EvalSuite({split: dm.evaluators_for(split) for split in dm.split_names})
+    for loader in dm.val_dataloader():
+        for batch in loader:
+            suite.update(method, batch)
+    results = suite.compute()
+    rows = {split: [ev.last_rows for ev in evs] for split, evs in suite.plan.items()}
+    return results, rows, suite
+
+
+def _rank(rank: int, model_dir: str, data_dir: str, name: str, out: str, init: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        results, rows, _ = run_suite(model_dir, data_dir, name, world=(2, rank))
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"results": results, "rows": rows}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("eval_data")
+    write_sst2_csv(d / "forget.csv", FORGET)
+    write_sst2_csv(d / "retain.csv", RETAIN)
+    return str(d)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluator_reports_its_declared_keys_and_writes_rows_keyed_on_ids(name, tiny_model_dir, data_dir, tmp_path):
+    cls = EVALUATORS[name]
+    assert cls.name == name and cls.primary in cls.keys and len(set(cls.keys)) == len(cls.keys)
+    results, rows, suite = run_suite(tiny_model_dir, data_dir, name)
+    assert set(results) == {"forget", "retain"}
+    for split, values in results.items():
+        assert list(values) == list(cls.keys)
+        assert all(math.isfinite(v) for v in values.values())
+    written = suite.write(tmp_path / "rows")
+    assert sorted(p.name for p in written) == sorted(f"{s}.{name}.jsonl" for s in ("forget", "retain"))
+    lines = [json.loads(line) for line in (tmp_path / "rows" / f"forget.{name}.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == [str(i) for i in range(len(FORGET))]  # every row once, in source order
+    assert [r["index"] for r in lines] == list(range(len(FORGET)))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+@pytest.mark.parametrize("name", NAMES)
+def test_ddp_sharded_evaluation_equals_a_single_process(name, tiny_model_dir, data_dir, tmp_path):
+    single, single_rows, _ = run_suite(tiny_model_dir, data_dir, name)
+    mp.spawn(_rank, args=(tiny_model_dir, data_dir, name, str(tmp_path), f"file://{tmp_path / 'pg'}"), nprocs=2)
+    for rank in (0, 1):  # every rank holds the full result, reduced from both shards
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["results"] == single  # exactly: the same sums over the same rows in the same order
+        assert got["rows"] == json.loads(json.dumps(single_rows))
+
+
+# ---- each evaluator's numbers ----------------------------------------------------------------------------------------
+class FixedScores:
+    """A scorer whose teacher-forced argmax and NLL are set by the test."""
+
+    def __init__(self, tokenizer, stats: TokenStats):
+        self.tokenizer, self.stats = tokenizer, stats
+
+    def teacher_forced(self, batch):
+        return self.stats
+
+
+def stats_for(tokenizer, golds: list[str], preds: list[str], nll: float = 0.5) -> tuple[dict, TokenStats]:
+    """A batch of label answers and TokenStats whose argmax at the label positions spells ``preds`` (words of the
+    gold's token count)."""
+    gold_ids = [tokenizer(" " + g)["input_ids"] for g in golds]
+    pred_ids = [tokenizer(" " + p)["input_ids"] for p in preds]
+    width = max(len(x) for x in gold_ids) + 1
+    labels, argmax = torch.full((len(golds), width), IGNORE), torch.full((len(golds), width), IGNORE)
+    for i, (g, p) in enumerate(zip(gold_ids, pred_ids)):
+        assert len(g) == len(p), "the test needs words of one token count"
+        labels[i, :len(g)], argmax[i, :len(p)] = torch.tensor(g), torch.tensor(p)
+    stats = TokenStats(None, labels, (labels != IGNORE) * nll, labels != IGNORE, argmax)
+    batch = {"index": torch.arange(len(golds)), "id": [f"r{i}" for i in range(len(golds))],
+             "answer": [" " + g for g in golds]}
+    return batch, stats
+
+
+def test_label_accuracy_and_weighted_f1_by_hand(tokenizer):
+    pos, neg, neu, other = "dull", "born", "long", "Odd"  # four words of 3 tokens each in the tiny vocabulary
+    golds = [pos, pos, pos, neg, neg, neu]
+    preds = [pos, neg, other, neg, pos, pos]  # "Odd" is no label of the split: wrong, and no class's prediction
+    batch, stats = stats_for(tokenizer, golds, preds)
+    ev = LabelEvaluator()
+    ev.update(FixedScores(tokenizer, stats), batch)
+    out = ev.compute()
+    # pos: TP 1, FP 2 (neg->pos, neu->pos), FN 2 -> F1 = 2/(2+2+2) = 1/3, support 3
+    # neg: TP 1, FP 1, FN 1 -> F1 = 2/4 = 1/2, support 2; neu: TP 0 -> F1 0, support 1
+    assert out["label_acc"] == pytest.approx(2 / 6)
+    assert out["label_f1"] == pytest.approx((3 * (1 / 3) + 2 * 0.5 + 0) / 6)
+    assert [r["pred"] for r in ev.last_rows] == [pos, neg, other, neg, pos, pos]
+    assert [r["gold"] for r in ev.last_rows] == golds and [r["id"] for r in ev.last_rows] == batch["id"]
+
+
+def test_answer_metrics_by_hand(tokenizer):
+    labels = torch.tensor([[5, 6, IGNORE], [7, IGNORE, IGNORE]])
+    token_nll = torch.tensor([[0.2, 0.4, 0.0], [1.0, 0.0, 0.0]])
+    argmax = torch.tensor([[5, 9, IGNORE], [7, IGNORE, IGNORE]])
+    stats = TokenStats(None, labels, token_nll, labels != IGNORE, argmax)
+    ev = AnswerEvaluator()
+    ev.update(FixedScores(tokenizer, stats), {"index": torch.tensor([3, 8])})
+    out = ev.compute()
+    assert out["nll"] == pytest.approx((0.3 + 1.0) / 2)
+    assert out["prob"] == pytest.approx((math.exp(-0.3) + math.exp(-1.0)) / 2)
+    assert out["acc"] == pytest.approx(2 / 3) and out["exact"] == pytest.approx(1 / 2)
+    assert [r["id"] for r in ev.last_rows] == ["3", "8"]  # no id field: the source index is the id
+
+
+def test_suite_tradeoff_table_and_collisions():
+    suite = EvalSuite({"forget": [LabelEvaluator(), AnswerEvaluator()], "retain": [AnswerEvaluator()],
+                       "test": [LabelEvaluator()]})
+    results = {"forget": {"label_acc": 0.2, "acc": 0.3}, "retain": {"acc": 0.9}, "test": {"label_acc": 0.5}}
+    assert suite.tradeoff(results) == pytest.approx(0.6)  # first evaluator both splits run: answer's acc
+    assert suite.table_keys() == ["label_acc", "label_f1", "nll", "prob", "acc", "exact"]
+    with pytest.raises(EvalError, match="both report"):
+        EvalSuite({"forget": [AnswerEvaluator(), AnswerEvaluator()]})
+    with pytest.raises(EvalError, match="no evaluators"):
+        suite.update(None, {"split": "elsewhere"})
+
+
+def test_unknown_evaluator_names_the_flag(tiny_model_dir, data_dir):
+    from lit_unlearn.data import SST2DataModule
+
+    with pytest.raises(DataError, match=r"--data\.evaluators\.forget: unknown evaluator 'nope'"):
+        SST2DataModule(forget="x.csv", tokenizer=tiny_model_dir, evaluators={"forget": ["nope"]})
+    with pytest.raises(DataError, match="names split 'test'"):
+        SST2DataModule(forget="x.csv", tokenizer=tiny_model_dir, evaluators={"test": ["answer"]})
+
+
+def test_a_batch_is_scored_once_however_many_evaluators_ask(tiny_model_dir, data_dir):
+    dm = sst2_module(tiny_model_dir, data_dir, "label")
+    method = scorer(tiny_model_dir)
+    calls = []
+    forward = method.teacher_forced
+    method.teacher_forced = lambda batch: calls.append(1) or forward(batch)
+    suite = EvalSuite({"forget": [LabelEvaluator(), AnswerEvaluator()], "retain": [AnswerEvaluator()]})
+    batch = next(iter(dm.val_dataloader()[0]))
+    suite.update(method, batch)
+    assert len(calls) == 1
+
+
+def test_greedy_generation_batched_with_left_padding_equals_one_by_one(tiny_model_dir):
+    from lit_unlearn.eval import greedy_generate
+
+    method = scorer(tiny_model_dir)
+    prompts = ["Question: Where was Ilsa Varga born?\nAnswer:", "Question: Where?\nAnswer:",
+               "### Text: dull and far too long\n\n### Question: What is the sentiment of the given text?\n\n###",
+               "neutral"]
+    batched = greedy_generate(method.lm, method.tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    single = [greedy_generate(method.lm, method.tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single and any(batched)
+    assert method.lm.training and method.tokenizer.padding_side == "right"  # modes and padding side restored
