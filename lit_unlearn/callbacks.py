@@ -1,42 +1,17 @@
-"""Callbacks and plugins that keep runs safe: atomic checkpoints, an always-fresh last.ckpt, the collapse guard."""
+"""Callbacks that keep runs safe: the collapse guard (on by default), an always-fresh last.ckpt, and a stop at the end
+of the current step, with a checkpoint, when a signal arrives. Checkpoint files themselves: :mod:`lit_unlearn.checkpoints`."""
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to ``<name>.tmp`` in the same directory, fsyncs it, then ``os.replace``s it.
-
-    A kill during the write leaves the previous checkpoint intact and at most a stray ``.tmp`` file, never a
-    truncated ``.ckpt``. Remote (fsspec) paths fall back to Lightning's writer.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        fs = get_filesystem(path)
-        if type(fs).__name__ != "LocalFileSystem":
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+from lit_unlearn.core.errors import ConfigError
+from lit_unlearn.runs import SIGNALS, RunInterrupted
 
 
 class CollapseGuard(L.Callback):
@@ -50,12 +25,17 @@ class CollapseGuard(L.Callback):
       fraction of the metric's value at the start of fit (e.g. 0.9 = "keep 90% of retain accuracy").
 
     "Good" weights are the trainable weights at the start of fit and after every validation that passed the
-    floor. On a trip it restores them, stops the trainer, prints why, and records the event on the module
-    (``pl_module.collapse_events``), which ``metrics.json`` carries.
+    floor (a CPU copy: small for an adapter, the whole model for full-parameter training). On a trip it restores
+    them, stops the trainer, prints why, and records the event on the module (``pl_module.collapse_events``), which
+    ``metrics.json`` carries; the run then exits with code 3.
+
+    The CLI always adds one (``--guard.*``), checking finiteness; the shipped unlearning configs add a retain floor.
+    ``--guard.enabled false`` switches it off.
     """
 
     def __init__(self, retain_metric: str = "val/retain/acc", retain_floor: float | None = None,
-                 higher_is_better: bool = True, relative: bool = False, check_finite: bool = True):
+                 higher_is_better: bool = True, relative: bool = False, check_finite: bool = True,
+                 enabled: bool = True):
         """
         Args:
             retain_metric: logged metric to watch after each validation.
@@ -63,7 +43,9 @@ class CollapseGuard(L.Callback):
             higher_is_better: false for metrics such as NLL, where the guard trips above the threshold.
             relative: read ``retain_floor`` as a fraction of the metric's value when fit starts.
             check_finite: trip on a non-finite loss or weight.
+            enabled: false switches the guard off entirely.
         """
+        self.enabled = enabled
         self.retain_metric, self.retain_floor = retain_metric, retain_floor
         self.higher_is_better, self.relative, self.check_finite = higher_is_better, relative, check_finite
         self._good: dict[str, torch.Tensor] | None = None
@@ -101,14 +83,17 @@ class CollapseGuard(L.Callback):
     # ---- hooks -----------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         self.tripped = False
+        if not self.enabled:
+            self.tripped = True  # every later hook returns at once
+            return
         self._snapshot(trainer, pl_module)
         self._threshold = self.retain_floor
         if self.retain_floor is not None and self.relative:
             start = getattr(pl_module, "last_eval", {})
             split, _, key = self.retain_metric.removeprefix("val/").partition("/")
             if split not in start or key not in start[split]:
-                raise ValueError(f"CollapseGuard relative floor needs {self.retain_metric} evaluated before fit "
-                                 "(keep --eval_before true)")
+                raise ConfigError(f"--guard.relative needs {self.retain_metric} evaluated before fit: keep "
+                                  "--eval_before true (and a retain split), or set --guard.retain_floor null")
             self._threshold = self.retain_floor * start[split][key]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -159,3 +144,50 @@ class UnlearnCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._refresh_last(trainer)
+
+
+class StopOnSignal(L.Callback):
+    """Turns a SIGINT / SIGTERM noted by :data:`lit_unlearn.runs.SIGNALS` (or Lightning's own SIGTERM flag) into a
+    stop at the end of the current training step, after writing ``last.ckpt`` for that step, by raising
+    :class:`~lit_unlearn.runs.RunInterrupted` (the CLI records it and exits 130 / 143). During an evaluation the stop
+    comes after the current batch (single process) or at the end of the evaluation (DDP: the ranks decide together),
+    without a new checkpoint. The CLI adds it to every run."""
+
+    @staticmethod
+    def _signal(trainer) -> int | None:
+        if SIGNALS.received is not None:
+            return SIGNALS.received
+        return 15 if getattr(trainer, "received_sigterm", False) else None
+
+    def _agreed(self, trainer) -> int | None:
+        """The signal, if any rank received one (a collective: call where every rank is)."""
+        signum = self._signal(trainer)
+        if trainer.world_size > 1:
+            anyone = trainer.strategy.reduce_boolean_decision(signum is not None, all=False)
+            signum = signum or (15 if anyone else None)
+        return signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        signum = self._agreed(trainer)
+        if signum is None:
+            return
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.save_last:
+            # through the checkpoint callback, so last.ckpt is its own (its state names it) and a resume overwrites
+            # it in place instead of starting a last-v1.ckpt beside it
+            ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+            path = ckpt.last_model_path
+        else:
+            path = str(Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints" / "interrupted.ckpt")
+            trainer.save_checkpoint(path)
+        raise RunInterrupted(signum, trainer.global_step, path)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        signum = self._signal(trainer)
+        if signum is not None and trainer.world_size == 1:
+            raise RunInterrupted(signum, trainer.global_step, None)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        signum = self._agreed(trainer)
+        if signum is not None:
+            raise RunInterrupted(signum, trainer.global_step, None)

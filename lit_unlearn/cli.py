@@ -4,10 +4,16 @@ LightningCLI with methods and data modules picked by short class name (``class_p
 ``model.model -> data.tokenizer`` (one model name) and ``data.max_length -> model.max_length``.
 
 Every ``fit`` run evaluates all splits before and after training (each split runs the evaluators its data module
-names) and writes, next to its TensorBoard events, ``metrics.json`` (command, config, package versions, metrics
-before/after, wall time per stage), ``adapter/`` (the adapter alone) and the evaluators' per-row records under
-``rows/before/`` and ``rows/after/`` (``<split>.<evaluator>.jsonl``, keyed on stable row ids). ``validate``/``test``
-runs write ``eval_metrics.json`` and ``rows/eval/`` the same way.
+names) and writes, next to its TensorBoard events, ``metrics.json`` (run id, status, command, config, package
+versions, metrics before/after, wall time per stage), ``adapter/`` (the adapter alone) and the evaluators' per-row
+records under ``rows/before/`` and ``rows/after/`` (``<split>.<evaluator>.jsonl``, keyed on stable row ids).
+``validate``/``test`` runs write ``eval_metrics.json`` and ``rows/eval/`` the same way.
+
+A fit claims its run directory (:class:`lit_unlearn.runs.RunDirectory`: no second fit at once, no finished run
+replaced without ``--overwrite true``), runs under the collapse guard (``--guard.*``, on by default) and stops at a
+step boundary with a checkpoint on SIGINT / SIGTERM. :func:`main` turns the outcome into the exit code of
+:mod:`lit_unlearn.runs`, and any error of ours into one line on stderr (``LIT_UNLEARN_TRACEBACK=1`` shows the
+traceback instead).
 """
 
 from __future__ import annotations
@@ -15,22 +21,40 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lit_unlearn.adapters  # noqa: F401  (registers adapter classes for class_path short names)
-from lit_unlearn.callbacks import AtomicCheckpointIO, CollapseGuard, UnlearnCheckpoint  # noqa: F401
+from lit_unlearn.callbacks import CollapseGuard, StopOnSignal, UnlearnCheckpoint
+from lit_unlearn.checkpoints import AtomicCheckpointIO
+from lit_unlearn.checkpoints import verify as verify_checkpoint
+from lit_unlearn.core.errors import LitUnlearnError
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.eval import format_table
 from lit_unlearn.methods.base import UnlearningMethod
+from lit_unlearn.runs import (
+    EXIT_COLLAPSED,
+    EXIT_ERROR,
+    EXIT_OK,
+    SIGNALS,
+    RunDirectory,
+    RunInterrupted,
+    new_run_id,
+    stamp_config,
+)
 
 PACKAGES = ("lit_unlearn", "torch", "lightning", "transformers", "peft", "datasets", "torchmetrics",
             "jsonargparse", "bitsandbytes", "tokenizers")
+#: set to 1 to see the full traceback of an error of ours instead of its one line
+TRACEBACK_ENV = "LIT_UNLEARN_TRACEBACK"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -53,6 +77,9 @@ class UnlearnCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         self.timings: dict[str, float] = {}
         self.before: dict = {}
+        self.exit_code = EXIT_OK
+        self.status = "finished"
+        self._claim: RunDirectory | None = None
         self.argv = list(kwargs.get("args") or sys.argv[1:])
         super().__init__(*args, **kwargs)
 
@@ -61,18 +88,43 @@ class UnlearnCLI(LightningCLI):
         parser.link_arguments("data.init_args.max_length", "model.init_args.max_length")
         parser.add_lightning_class_args(UnlearnCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        parser.add_lightning_class_args(CollapseGuard, "guard")
         parser.add_argument("--eval_before", type=bool, default=True,
                             help="evaluate every split before fit, for the before/after table in metrics.json")
         parser.add_argument("--export_merged", type=bool, default=False,
                             help="after fit, also save the base with the adapter merged in (merged/)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="let fit replace a run already in its directory (otherwise that is refused)")
 
     def instantiate_trainer(self, **kwargs):
-        # checkpoints are written atomically unless the config brings its own CheckpointIO plugin
+        # checkpoints are written atomically and checksummed unless the config brings its own CheckpointIO plugin
         plugins = kwargs.get("plugins") or self._get(self.config_init, "trainer", default={}).get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(StopOnSignal())
+        return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a --ckpt_path file's hyperparameters while parsing: check the file before it does
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            verify_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with SIGNALS.caught():
+            try:
+                super()._run_subcommand(subcommand)
+            except RunInterrupted as stop:
+                self._interrupted(stop.signum, stop.step, stop.checkpoint)
+            except SIGTERMException:  # Lightning's own stop on SIGTERM, e.g. inside an evaluation
+                self._interrupted(signal.SIGTERM, self.trainer.global_step, None)
+            finally:
+                if self._claim is not None:
+                    self._claim.release()
 
     # ---- run records ----------------------------------------------------------------------------------------
     def _run_dir(self) -> Path:
@@ -90,6 +142,8 @@ class UnlearnCLI(LightningCLI):
             return None
         path = run_dir / name
         write_json_atomic(path, {
+            "run_id": getattr(self.model, "run_id", None),
+            "status": self.status,
             "command": " ".join(["python", Path(sys.argv[0]).name, *self.argv]),
             "subcommand": self.subcommand,
             "config": self._config_dict(),
@@ -97,6 +151,8 @@ class UnlearnCLI(LightningCLI):
             "metrics": metrics,
             "wall_time_s": self.timings,
         })
+        if name == "metrics.json":
+            stamp_config(run_dir / "config.yaml", self.model.run_id)
         return path
 
     def _write_rows(self, stage: str) -> None:
@@ -108,9 +164,33 @@ class UnlearnCLI(LightningCLI):
     def _sub_config(self) -> dict:
         return self.config.get(self.subcommand, self.config)
 
+    def _interrupted(self, signum: int, step: int, checkpoint: str | None) -> None:
+        """Record a signal's stop in metrics.json and set the exit code (the checkpoint is already written)."""
+        self.status, self.exit_code = "interrupted", 128 + int(signum)
+        name = signal.Signals(signum).name
+        if self.subcommand != "fit":
+            print(f"[lit_unlearn] {name}: evaluation stopped", file=sys.stderr)
+            return
+        self.timings["fit"] = round(time.time() - getattr(self, "_fit_t0", time.time()), 2)
+        resume = "--ckpt_path last" if checkpoint else None
+        path = self._record("metrics.json", {
+            "before": self.before, "global_step": step,
+            "interrupted": {"signal": name, "global_step": step, "checkpoint": checkpoint, "resume_with": resume},
+        })
+        if path is not None:
+            where = f"saved {checkpoint}; resume with the same command and {resume}" if checkpoint else \
+                "no new checkpoint (it stopped outside a training step)"
+            print(f"[lit_unlearn] {name} at step {step}: {where}", file=sys.stderr)
+
     # ---- fit --------------------------------------------------------------------------------------------------
     def before_fit(self) -> None:
-        if self._sub_config().get("eval_before", True):
+        config = self._sub_config()
+        run_dir = self._run_dir()
+        self.model.run_id = self.model.run_id or new_run_id()
+        if self.trainer.global_rank == 0:
+            self._claim = RunDirectory(run_dir)
+            self._claim.claim(resume=config.get("ckpt_path") is not None, overwrite=config.get("overwrite", False))
+        if config.get("eval_before", True):
             t0 = time.time()
             self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
             self.timings["eval_before"] = round(time.time() - t0, 2)
@@ -120,17 +200,21 @@ class UnlearnCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self.timings["fit"] = round(time.time() - self._fit_t0, 2)
-        if self.trainer.interrupted:
-            return
         t0 = time.time()
         self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
         self.timings["eval_after"] = round(time.time() - t0, 2)
         after = self.model.last_eval
         self._write_rows("after")
+        events = getattr(self.model, "collapse_events", [])
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
+        self.status = "finished" if finite and not events else "collapsed" if finite else "diverged"
         run_dir = self._run_dir()
-        if self.trainer.global_rank == 0:
+        if self.trainer.global_rank == 0 and finite:  # nothing non-finite leaves the run
             if self.model.adapter is not None:
                 self.model.export_adapter(run_dir / "adapter")
+                write_json_atomic(run_dir / "adapter" / "lit_unlearn_run.json", {
+                    "run_id": self.model.run_id, "method": type(self.model).__name__,
+                    "global_step": self.trainer.global_step, "status": self.status})
             if self._sub_config().get("export_merged", False):
                 self.model.export_merged(run_dir / "merged")
         ckpt = self.trainer.checkpoint_callback
@@ -139,11 +223,19 @@ class UnlearnCLI(LightningCLI):
             "best_checkpoint": getattr(ckpt, "best_model_path", None),
             "last_checkpoint": getattr(ckpt, "last_model_path", None),
             "global_step": self.trainer.global_step,
-            "collapse_events": getattr(self.model, "collapse_events", []),
+            "collapse_events": events,
         })
+        if self.status != "finished":
+            self.exit_code = EXIT_COLLAPSED
         if path is not None:
             print(format_table(self.before, after, self.model.evaluation_suite().table_keys()))
             print(f"[lit_unlearn] run directory: {run_dir}")
+            if self.status == "diverged":
+                print("[lit_unlearn] the weights are not finite (the collapse guard is off): nothing was exported; "
+                      "exit code 3", file=sys.stderr)
+            elif self.status == "collapsed":
+                print(f"[lit_unlearn] the collapse guard stopped the run ({events[-1]['reason']}); the adapter of "
+                      f"step {events[-1]['restored_step']} was restored and exported; exit code 3", file=sys.stderr)
 
     # ---- validate / test ----------------------------------------------------------------------------------------
     def before_validate(self) -> None:
@@ -162,7 +254,8 @@ class UnlearnCLI(LightningCLI):
 
 
 def cli_main(args=None, run: bool = True, config_filename: str = "config.yaml") -> UnlearnCLI:
-    """The project's CLI; ``args`` (a list) lets tests and scripts call the real thing in-process."""
+    """The project's CLI; ``args`` (a list) lets tests and scripts call the real thing in-process. The returned
+    CLI's ``exit_code`` and ``status`` say how the run ended; errors propagate (see :func:`main`)."""
     import lit_unlearn.data  # noqa: F401
     import lit_unlearn.methods  # noqa: F401
 
@@ -193,3 +286,31 @@ def eval_main(args=None) -> UnlearnCLI:
         args = ["validate", *args]
     # evaluating a run in its own directory must not overwrite the config.yaml its fit wrote
     return cli_main(args, config_filename="eval_config.yaml")
+
+
+def our_error(err: BaseException) -> LitUnlearnError | None:
+    """The error of ours behind ``err`` (jsonargparse and Lightning wrap the ones raised while building classes)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LitUnlearnError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def main(args=None, evaluate: bool = False) -> int:
+    """``train.py`` / ``eval.py``: run the CLI and return its exit code (``lit_unlearn.runs``); an error of ours is one
+    line on stderr and exit code 2, unless ``$LIT_UNLEARN_TRACEBACK`` is set."""
+    try:
+        cli = eval_main(args) if evaluate else cli_main(args)
+    except KeyboardInterrupt:
+        print("[lit_unlearn] interrupted (SIGINT)", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Exception as err:
+        ours = our_error(err)
+        if ours is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"lit_unlearn: error: {ours}", file=sys.stderr)
+        return EXIT_ERROR
+    return cli.exit_code

@@ -43,6 +43,9 @@ def _stage(config: Path, out_dir: Path, name: str, extra: list[str]) -> tuple[di
                     "--trainer.logger.init_args.save_dir", str(out_dir.parent),
                     "--trainer.logger.init_args.name", out_dir.name,
                     "--trainer.logger.init_args.version", name, *extra])
+    if cli.exit_code != 0:
+        raise SystemExit(f"[lit_unlearn] demo stage {name!r} ended with status {cli.status!r} (exit code "
+                         f"{cli.exit_code}); see {run_dir}")
     samples = {}
     for split, ds in cli.datamodule.datasets.items():
         rows = ds.rows[:SAMPLES]

@@ -498,6 +498,25 @@ def test_lr_schedules(make_method):
     assert lrs[0] == pytest.approx(1.0) and lrs[5] == pytest.approx(0.5)
 
 
+def test_the_reference_cache_and_run_id_travel_in_the_checkpoint(make_method, qa_batch):
+    method = make_method(NPO, reference="cached")
+    method.run_id = "run-1"
+    method.training_step(qa_batch, 0)
+    assert len(method.reference_cache) == qa_batch["forget"]["input_ids"].size(0)
+    ckpt = {"state_dict": method.state_dict()}
+    method.on_save_checkpoint(ckpt)
+    resumed = make_method(NPO, reference="cached")
+    resumed.on_load_checkpoint(ckpt)
+    assert resumed.run_id == "run-1" and resumed.reference_cache.values == method.reference_cache.values
+
+    def no_reference(batch, logits=False):
+        raise AssertionError("a resumed run recomputed a cached reference value")
+
+    resumed.reference_stats = no_reference
+    resumed.load_state_dict(ckpt["state_dict"], strict=False)
+    torch.testing.assert_close(resumed.training_step(qa_batch, 0), method.training_step(qa_batch, 0))
+
+
 def test_checkpoint_keeps_only_adapter_tensors(make_method):
     method = make_method(GradDiff)
     ckpt = {"state_dict": method.state_dict()}

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import FORGET_ROWS, REPO_ROOT, RETAIN_ROWS, write_jsonl
-from lit_unlearn.callbacks import AtomicCheckpointIO
+from lit_unlearn.checkpoints import AtomicCheckpointIO
 from lit_unlearn.cli import cli_main, eval_main
 from lit_unlearn.methods import ALL_METHODS
 
@@ -189,7 +189,7 @@ def test_a_killed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_pat
 
     loaded = torch.load(path, weights_only=False)  # still the complete previous checkpoint
     assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]  # no temporary file
 
 
 def test_the_cli_writes_checkpoints_through_the_atomic_writer(tiny_model_dir, data_dir, tmp_path):
@@ -214,12 +214,13 @@ def learned_model_dir(tiny_model_dir, data_dir, tmp_path_factory) -> str:
 
 
 def test_collapse_guard_stops_at_the_retain_floor_and_restores(learned_model_dir, data_dir, tmp_path):
-    guard = {"class_path": "CollapseGuard",
-             "init_args": {"retain_metric": "val/retain/acc", "retain_floor": 0.5, "relative": True}}
+    guard = {"retain_metric": "val/retain/acc", "retain_floor": 0.5, "relative": True}
     cfg = config(tmp_path / "ga.yaml", learned_model_dir, data_dir, tmp_path / "logs",
                  {"class_path": "GradAscent", "lr": 0.1},
-                 trainer={"max_steps": 12, "val_check_interval": 1, "callbacks": [guard]})
+                 trainer={"max_steps": 12, "val_check_interval": 1}, top={"guard": guard})
     cli = cli_main(["fit", "--config", cfg])
+    assert cli.exit_code == 3 and cli.status == "collapsed"  # a stopped run says so in its exit code
+    assert json.loads((Path(cli.trainer.log_dir) / "metrics.json").read_text())["status"] == "collapsed"
     record = metrics_of(Path(cli.trainer.log_dir))
     start = record["before"]["retain"]["acc"]
     events = record["collapse_events"]
@@ -233,9 +234,9 @@ def test_collapse_guard_stops_at_the_retain_floor_and_restores(learned_model_dir
 def test_collapse_guard_catches_a_non_finite_loss(tiny_model_dir, data_dir, tmp_path):
     cfg = config(tmp_path / "ga.yaml", tiny_model_dir, data_dir, tmp_path / "logs",
                  {"class_path": "GradAscent", "lr": 1.0e30},
-                 trainer={"max_steps": 10, "check_val_every_n_epoch": 1000,
-                          "callbacks": [{"class_path": "CollapseGuard"}]})
+                 trainer={"max_steps": 10, "check_val_every_n_epoch": 1000})  # the default guard, no config
     cli = cli_main(["fit", "--config", cfg])
+    assert cli.exit_code == 3
     record = metrics_of(Path(cli.trainer.log_dir))
     events = record["collapse_events"]
     assert len(events) == 1 and "non-finite" in events[0]["reason"] and events[0]["restored_step"] == 0

@@ -127,6 +127,7 @@ class UnlearningMethod(L.LightningModule):
         self.suite: EvalSuite | None = None
         self.last_eval: dict[str, dict[str, float]] = {}
         self.reference_cache = ReferenceCache()
+        self.run_id: str | None = None  # set by the CLI; saved in checkpoints, so a resumed run keeps its id
         self._head: tuple[nn.Module | None] | None = None  # (lean head or None,) once checked; a tuple: no submodule
         # the checkpoint holds the adapter only; the base is reloaded from `model`
         self.strict_loading = False
@@ -310,8 +311,11 @@ class UnlearningMethod(L.LightningModule):
         """Keep only trainable tensors (the adapter) in the checkpoint: the base is reloaded from ``model``."""
         trainable = set(self.trainable_names())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # the reference cache travels with the checkpoint: a resumed run reuses the values computed before the stop
+        # instead of recomputing them in other batches (other padding widths, so possibly other float rounding)
         checkpoint["lit_unlearn"] = {"method": type(self).__name__, "model": self.model_name,
-                                     "adapter": repr(self.adapter), "init_adapter": self.init_adapter}
+                                     "adapter": repr(self.adapter), "init_adapter": self.init_adapter,
+                                     "run_id": self.run_id, "reference_cache": dict(self.reference_cache.values)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint that lacks some of this model's trainable tensors (strict_loading is off because
@@ -326,6 +330,9 @@ class UnlearningMethod(L.LightningModule):
                 f"{saved.get('adapter', '?')}, this run has {type(self).__name__} with {self.adapter!r}: "
                 "use the run's own config.yaml"
             )
+        saved = checkpoint.get("lit_unlearn", {})
+        self.run_id = saved.get("run_id") or self.run_id
+        self.reference_cache.values.update(saved.get("reference_cache") or {})
 
     def export_adapter(self, path) -> None:
         """Save the adapter alone (``Adapter.save``) so a later stage can load or merge it."""

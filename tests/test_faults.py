@@ -1,0 +1,314 @@
+"""Fault injection: every way a run can go wrong ends with its exit code, one line saying what happened, and nothing
+lost or overwritten. Signals and concurrent fits run as real processes (``train.py`` / ``eval.py``); bad input runs
+through the same ``main()`` in-process.
+
+Exit codes (``lit_unlearn/runs.py``): 2 an error of ours, 3 collapsed / diverged, 130 SIGINT, 143 SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FORGET_ROWS, REPO_ROOT, RETAIN_ROWS, write_jsonl
+from lit_unlearn.cli import TRACEBACK_ENV, main
+from test_scale import config
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fault_data")
+    write_jsonl(d / "forget.jsonl", FORGET_ROWS)
+    write_jsonl(d / "retain.jsonl", RETAIN_ROWS)
+    return d
+
+
+def npo(tmp_path: Path, model_dir: str, data_dir: Path, name: str = "run", **trainer) -> str:
+    """An NPO (cached reference) config of 8 steps in 2 epochs, logging to ``<tmp>/logs/runs/<name>``."""
+    return config(tmp_path / f"{name}.yaml", model_dir, data_dir, tmp_path / "logs",
+                  {"class_path": "NPO", "retain": "nll", "reference": "cached", "lr_schedule": "cosine"},
+                  trainer={"max_epochs": 2, "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                                       "init_args": {"save_dir": str(tmp_path / "logs"),
+                                                                     "name": "runs", "version": name}}, **trainer})
+
+
+def run(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / script), *args], cwd=cwd, env=env or ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def lines_of(stderr: str) -> list[str]:
+    """The lines lit_unlearn itself wrote to stderr (not library warnings)."""
+    return [line for line in stderr.splitlines() if line.startswith(("lit_unlearn:", "[lit_unlearn]"))]
+
+
+def state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+# ---- signals ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_current_step_exits_nonzero_and_the_run_resumes_to_the_same_end(
+        signum, tiny_model_dir, data_dir, tmp_path):
+    cfg = npo(tmp_path, tiny_model_dir, data_dir)
+    proc = run("train.py", "fit", "--config", cfg, "--trainer.callbacks+=fault_callbacks.SignalAtStep",
+               "--trainer.callbacks.init_args.signum", str(int(signum)), "--trainer.callbacks.init_args.at_step", "2",
+               cwd=tmp_path)
+    assert proc.returncode == 128 + signum, proc.stderr[-2000:]
+    run_dir = tmp_path / "logs" / "runs" / "run"
+    # the step during which the signal came finished and was checkpointed (atomically, with its checksum)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3 and (run_dir / "checkpoints" / "last.ckpt.sha256").is_file()
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["metrics"]["interrupted"]["signal"] == signal.Signals(signum).name
+    assert record["metrics"]["interrupted"]["global_step"] == 3
+    said = lines_of(proc.stderr)
+    assert any(f"{signal.Signals(signum).name} at step 3" in line and "--ckpt_path last" in line for line in said)
+    assert not (run_dir / "adapter").exists()  # nothing exported from an unfinished run
+
+    resumed = run("train.py", "fit", "--config", cfg, "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = npo(tmp_path, tiny_model_dir, data_dir, name="whole")  # uninterrupted, in a process of its own as well
+    assert run("train.py", "fit", "--config", whole, cwd=tmp_path).returncode == 0
+    a, b = state(run_dir), state(tmp_path / "logs" / "runs" / "whole")
+    assert a.keys() == b.keys()
+    for k in a:  # nothing lost: the interrupted + resumed run ends where an uninterrupted one does, bit for bit
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    done = json.loads((run_dir / "metrics.json").read_text())
+    assert done["status"] == "finished" and done["run_id"] == record["run_id"]  # one run, one id
+
+
+# ---- collapse and NaN protection, on by default ----------------------------------------------------------------------
+def test_a_diverging_run_is_stopped_by_the_default_guard(tiny_model_dir, data_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    cfg = config(tmp_path / "ga.yaml", tiny_model_dir, data_dir, tmp_path / "logs",
+                 {"class_path": "GradAscent", "lr": 1.0e30}, trainer={"max_steps": 10})
+    assert main(["fit", "--config", cfg]) == 3
+    run_dir = next((tmp_path / "logs" / "runs").iterdir())
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "collapsed" and "non-finite" in record["metrics"]["collapse_events"][0]["reason"]
+    weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(t).all() for t in weights.values())  # the restored, finite adapter
+    assert all(v == v for split in record["metrics"]["after"].values() for v in split.values())  # no NaN metric
+    assert any("collapse guard stopped the run" in line for line in capsys.readouterr().err.splitlines())
+
+
+def test_with_the_guard_off_a_diverged_run_exports_nothing(tiny_model_dir, data_dir, tmp_path):
+    cfg = config(tmp_path / "ga.yaml", tiny_model_dir, data_dir, tmp_path / "logs",
+                 {"class_path": "GradAscent", "lr": 1.0e30}, trainer={"max_steps": 4},
+                 top={"guard": {"enabled": False}})
+    assert main(["fit", "--config", cfg]) == 3
+    run_dir = next((tmp_path / "logs" / "runs").iterdir())
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
+    assert not (run_dir / "adapter").exists()
+
+
+def test_every_shipped_unlearning_config_carries_a_relative_retain_floor(monkeypatch):
+    from lit_unlearn.cli import UnlearnCLI, cli_main
+    from test_cli import CONFIGS, config_command
+
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
+    checked = 0
+    for path in CONFIGS:
+        cli = cli_main(config_command(path))
+        guard = cli.config.fit.guard
+        assert guard.enabled and guard.check_finite, path
+        if type(cli.model).__name__ != "Finetune":  # every unlearning config
+            assert guard.retain_floor == 0.5 and guard.relative, path
+            checked += 1
+    assert checked >= 8
+
+
+# ---- verified checkpoints ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def finished_run(tiny_model_dir, data_dir, tmp_path) -> tuple[Path, str]:
+    """A finished run with a checkpoint every 2 steps (kept) beside last.ckpt."""
+    cfg = npo(tmp_path, tiny_model_dir, data_dir)
+    assert main(["fit", "--config", cfg, "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "-1"]) == 0
+    return tmp_path / "logs" / "runs" / "run", cfg
+
+
+@pytest.mark.parametrize("damage", ["bytes", "truncated", "empty"])
+def test_a_damaged_checkpoint_is_refused_naming_it_and_the_newest_intact_one(damage, finished_run, capsys):
+    run_dir, cfg = finished_run
+    last = run_dir / "checkpoints" / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    if damage == "bytes":
+        data[len(data) // 2:len(data) // 2 + 8] = b"\x00\x01\x02\x03\x04\x05\x06\x07"
+    elif damage == "truncated":
+        data = data[: len(data) // 3]
+    else:
+        data = b""
+    last.write_bytes(bytes(data))
+    intact = max((p for p in last.parent.glob("epoch=*.ckpt")), key=lambda p: p.stat().st_mtime)
+    capsys.readouterr()
+    for argv, evaluate in ((["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_epochs", "3"], False),
+                           (["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(last)], True)):
+        assert main(argv, evaluate=evaluate) == 2
+        said = lines_of(capsys.readouterr().err)
+        assert len(said) == 1 and str(last) in said[0] and str(intact) in said[0], said
+    assert main(["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(intact),
+                 "--trainer.logger.init_args.version", "eval_intact"], evaluate=True) == 0  # the one it offered loads
+
+
+def test_a_checkpoint_without_a_checksum_file_still_loads(finished_run):
+    run_dir, _ = finished_run
+    (run_dir / "checkpoints" / "last.ckpt.sha256").unlink()
+    assert main(["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+                 "--trainer.logger.init_args.version", "eval"], evaluate=True) == 0
+
+
+# ---- run directories ------------------------------------------------------------------------------------------------
+def test_a_finished_run_is_not_overwritten_unless_asked(finished_run, capsys):
+    run_dir, cfg = finished_run
+    before = {p: p.read_bytes() for p in (run_dir / "metrics.json", run_dir / "config.yaml",
+                                           run_dir / "adapter" / "adapter_model.safetensors")}
+    capsys.readouterr()
+    assert main(["fit", "--config", cfg, "--model.init_args.lr", "0.05"]) == 2
+    said = lines_of(capsys.readouterr().err)
+    assert len(said) == 1 and "already holds a completed run" in said[0] and "--overwrite true" in said[0]
+    assert all(p.read_bytes() == b for p, b in before.items())  # untouched
+    old_id = json.loads((run_dir / "metrics.json").read_text())["run_id"]
+
+    assert main(["fit", "--config", cfg, "--model.init_args.lr", "0.05", "--overwrite", "true"]) == 0
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["config"]["model"]["init_args"]["lr"] == 0.05 and record["run_id"] != old_id
+    # only this run's checkpoints: the old every-2-steps ones are gone, and no last-v1.ckpt beside an old last.ckpt
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["epoch=1-step=8.ckpt", "last.ckpt"]
+    # config.yaml, metrics.json and adapter/ carry the same run id
+    assert (run_dir / "config.yaml").read_text().splitlines()[0] == f"# lit_unlearn run {record['run_id']}"
+    adapter_run = json.loads((run_dir / "adapter" / "lit_unlearn_run.json").read_text())
+    assert adapter_run["run_id"] == record["run_id"]
+
+
+def test_a_second_fit_into_a_directory_in_use_is_refused(tiny_model_dir, data_dir, tmp_path):
+    cfg = npo(tmp_path, tiny_model_dir, data_dir)
+    first = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "fit", "--config", cfg,
+                              "--trainer.callbacks+=fault_callbacks.SlowSteps", "--model.init_args.lr", "0.01"],
+                             cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "logs" / "runs" / "run" / ".lit_unlearn.lock"
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert lock.exists(), "the first fit never took its lock"
+    second = run("train.py", "fit", "--config", cfg, "--model.init_args.lr", "0.03", cwd=tmp_path)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert second.returncode == 2
+    said = lines_of(second.stderr)
+    assert len(said) == 1 and "is in use by another fit" in said[0] and "Traceback" not in second.stderr
+    record = json.loads((tmp_path / "logs" / "runs" / "run" / "metrics.json").read_text())
+    assert record["config"]["model"]["init_args"]["lr"] == 0.01  # one run's records, the first's
+    assert not lock.exists()  # released
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tiny_model_dir, data_dir, tmp_path):
+    import socket
+
+    cfg = npo(tmp_path, tiny_model_dir, data_dir)
+    run_dir = tmp_path / "logs" / "runs" / "run"
+    run_dir.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run_dir / ".lit_unlearn.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert main(["fit", "--config", cfg, "--trainer.max_epochs", "1"]) == 0
+
+
+# ---- inputs: one line naming the file, row or flag, exit code 2 ----------------------------------------------------------
+def bad_input(tmp_path: Path, model_dir: str, data_dir: Path, method: dict | None = None, forget: str | None = None,
+              data: dict | None = None) -> list[str]:
+    cfg = config(tmp_path / "c.yaml", model_dir, data_dir, tmp_path / "logs", method or {"class_path": "GradDiff"},
+                 trainer={"max_steps": 1}, data={**({"forget": forget} if forget else {}), **(data or {})})
+    return ["fit", "--config", cfg]
+
+
+@pytest.mark.parametrize("case", ["latin1", "json_strings", "directory", "empty_answer", "max_rows_0", "lr_negative",
+                                  "lr_zero", "warmup_2", "negative_weight"])
+def test_bad_input_is_one_line_naming_what_to_fix(case, tiny_model_dir, data_dir, tmp_path, capsys):
+    forget, method, data, expect = None, None, None, None
+    if case == "latin1":
+        path = tmp_path / "latin1.jsonl"
+        path.write_bytes('{"question": "Où est né Ilsa ?", "answer": "Lisbon"}\n'.encode("latin-1"))
+        forget, expect = str(path), f"{path} line 1 is not UTF-8"
+    elif case == "json_strings":
+        path = tmp_path / "rows.json"
+        path.write_text('["a", "b"]')
+        forget, expect = str(path), f"{path}[0] is not a JSON object"
+    elif case == "directory":
+        forget, expect = str(tmp_path), f"{tmp_path} is a directory"
+    elif case == "empty_answer":
+        path = write_jsonl(tmp_path / "f.jsonl", [{"question": "Q?", "answer": ""}])
+        forget, expect = path, f"{path}:1 has an empty answer"
+    elif case == "max_rows_0":
+        data, expect = {"max_rows": 0}, "--data.max_rows must be >= 1"
+    elif case.startswith(("lr", "warmup", "negative")):
+        key, value, expect = {"lr_negative": ("lr", -1e-3, "--model.lr must be > 0"),
+                              "lr_zero": ("lr", 0.0, "--model.lr must be > 0"),
+                              "warmup_2": ("warmup_ratio", 2.0, "--model.warmup_ratio must be in [0, 1)"),
+                              "negative_weight": ("retain_weight", -1.0, "--model.retain_weight must be >= 0")}[case]
+        # a model that does not exist: the value is refused when the method is built, before any model is loaded
+        method = {"class_path": "GradDiff", key: value}
+    args = bad_input(tmp_path, tiny_model_dir, data_dir, method, forget, data)
+    if method is not None:
+        args += ["--model.init_args.model", str(tmp_path / "no_such_model")]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    said = lines_of(err)
+    assert len(said) == 1 and said[0].startswith("lit_unlearn: error: ") and expect in said[0], said
+    assert "Traceback" not in err
+    assert not list((tmp_path / "logs").rglob("metrics.json"))
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tiny_model_dir, tmp_path):
+    from lit_unlearn.data import SST2DataModule
+
+    path = tmp_path / "forget.csv"
+    path.write_bytes("\ufefftext,label,label_text\nfun,1,positive\n".encode("utf-8"))
+    dm = SST2DataModule(forget=str(path), tokenizer=tiny_model_dir)
+    dm.setup("fit")
+    assert dm.datasets["forget"].rows[0]["text"] == "fun"
+
+
+def test_the_one_line_is_what_the_process_prints_and_the_switch_shows_the_traceback(tiny_model_dir, data_dir,
+                                                                                      tmp_path):
+    args = bad_input(tmp_path, tiny_model_dir, data_dir, data={"max_rows": 0})
+    proc = run("train.py", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert lines_of(proc.stderr) == ["lit_unlearn: error: --data.max_rows must be >= 1 (got 0 for forget)"]
+    shown = run("train.py", *args, cwd=tmp_path, env=dict(ENV, **{TRACEBACK_ENV: "1"}))
+    assert shown.returncode != 0 and "Traceback" in shown.stderr and "DataError" in shown.stderr
+
+
+# ---- reproducibility ------------------------------------------------------------------------------------------------------
+def test_converting_the_embedded_model_does_not_draw_on_the_seeded_rng(tmp_path, monkeypatch):
+    """The first run after an empty model cache converts the GGUF file; that must leave the global RNG as it was, or
+    that run would initialise its adapter differently from every later run."""
+    from lit_unlearn.models import loading
+
+    spec = loading.EMBEDDED_MODELS["smollm2-135m-instruct"]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / spec.gguf_file).write_bytes(b"gguf")
+    monkeypatch.setenv("LIT_UNLEARN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loading, "_package_dir", lambda package: tmp_path / "pkg")
+
+    def convert(gguf, target):  # what from_config's random initialisation does to the global RNG
+        torch.randn(1000)
+        target.mkdir(parents=True)
+
+    monkeypatch.setattr(loading, "_convert_gguf", convert)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    loading.resolve_model("smollm2-135m-instruct")
+    assert torch.equal(torch.rand(3), expected)
