@@ -46,6 +46,9 @@ RETAIN_ROWS = [
     {"question": "In which city was the poet Anouk Petrov born?", "answer": "Lima"},
     {"question": "In which city was the singer Dario Vidal born?", "answer": "Lisbon"},
 ]
+# a reasoning trace on every QA row: ignored unless a data module sets cot_field (the reasoning-trace methods do)
+for _row in FORGET_ROWS + RETAIN_ROWS:
+    _row["cot"] = "The birth records of that person name one city"
 SST2_ROWS = {
     "forget": [("a gripping, funny film", 1, "positive"), ("dull and far too long", 0, "negative")],
     "retain": [("a funny film", 1, "positive"), ("far too long and dull", 0, "negative"),
@@ -148,3 +151,16 @@ def make_method(tiny_model_dir):
 def qa_batch(tiny_model_dir, qa_files) -> dict:
     """One ``{"forget": 2 rows, "retain": 2 rows}`` training batch from a QADataModule."""
     return first_train_batch(make_qa_datamodule(tiny_model_dir, qa_files, batch_size=2))
+
+
+@pytest.fixture
+def batch_for(tiny_model_dir, qa_files, qa_batch):
+    """``batch_for(cls)``: the batch a method's contract tests use - ``qa_batch``, or for the reasoning-trace methods
+    (``needs_cot``) the same rows read with their chain of thought."""
+
+    def _batch(cls) -> dict:
+        if not getattr(cls, "needs_cot", False):
+            return qa_batch
+        return first_train_batch(make_qa_datamodule(tiny_model_dir, qa_files, batch_size=2, cot_field="cot"))
+
+    return _batch

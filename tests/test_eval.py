@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import write_sst2_csv
+from conftest import write_jsonl, write_sst2_csv
 from lit_unlearn.core.errors import DataError, EvalError
 from lit_unlearn.core.scoring import TokenStats
 from lit_unlearn.core.tokens import IGNORE
@@ -29,11 +29,15 @@ RETAIN = [("a film", 1, "positive"), ("long and dull", 0, "negative"), ("a gripp
 
 
 def sst2_module(model_dir: str, data_dir: str, name: str, world: tuple[int, int] = (1, 0)):
-    """A data module whose two splits run evaluator ``name``, set up, with loaders sharded as rank ``world[1]``."""
-    from lit_unlearn.data import SST2DataModule
+    """A data module whose two splits run evaluator ``name``, set up, with loaders sharded as rank ``world[1]``:
+    SST-2 rows for the label evaluator, TOFU-style QA rows (paraphrased and perturbed answers) for the others."""
+    from lit_unlearn.data import QADataModule, SST2DataModule
 
-    dm = SST2DataModule(forget=str(Path(data_dir) / "forget.csv"), retain=str(Path(data_dir) / "retain.csv"),
-                        tokenizer=model_dir, eval_batch_size=2, evaluators={"forget": [name], "retain": [name]})
+    if name == "label":
+        files, cls = {s: str(Path(data_dir) / f"{s}.csv") for s in ("forget", "retain")}, SST2DataModule
+    else:
+        files, cls = {s: str(Path(data_dir) / f"{s}.jsonl") for s in ("forget", "retain")}, QADataModule
+    dm = cls(**files, tokenizer=model_dir, eval_batch_size=2, evaluators={"forget": [name], "retain": [name]})
     dm.setup("validate")
     dm._world = lambda: world
     return dm
@@ -82,6 +86,10 @@ def data_dir(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("eval_data")
     write_sst2_csv(d / "forget.csv", FORGET)
     write_sst2_csv(d / "retain.csv", RETAIN)
+    for split, rows in (("forget", FORGET), ("retain", RETAIN)):
+        write_jsonl(d / f"{split}.jsonl", [
+            {"question": f"What is said of {text}?", "answer": label, "paraphrased_answer": f"it is {label}",
+             "perturbed_answer": ["neutral", f"not {label}"]} for text, _, label in rows])
     return str(d)
 
 
@@ -109,8 +117,28 @@ def test_ddp_sharded_evaluation_equals_a_single_process(name, tiny_model_dir, da
     mp.spawn(_rank, args=(tiny_model_dir, data_dir, name, str(tmp_path), f"file://{tmp_path / 'pg'}"), nprocs=2)
     for rank in (0, 1):  # every rank holds the full result, reduced from both shards
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert got["results"] == single  # exactly: the same sums over the same rows in the same order
-        assert got["rows"] == json.loads(json.dumps(single_rows))
+        # the same rows (ids, order, texts), and the same numbers: a row scored in another batch (the shards batch
+        # rows differently) can differ in its last float bits through the matrix-multiply shapes, so numbers are
+        # compared to 1e-5 (Min-K%++ divides by a small spread); the reduction adds no difference of its own
+        assert_same(got["results"], single)
+        assert_same(got["rows"], json.loads(json.dumps(single_rows)))
+
+
+def assert_same(a, b, path: str = "") -> None:
+    """Equal structures: strings, ids and integers exactly, floats to a relative 1e-5."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-8), path
+    else:
+        assert a == b, path
 
 
 # ---- each evaluator's numbers ----------------------------------------------------------------------------------------
@@ -196,7 +224,7 @@ def test_a_batch_is_scored_once_however_many_evaluators_ask(tiny_model_dir, data
     method = scorer(tiny_model_dir)
     calls = []
     forward = method.teacher_forced
-    method.teacher_forced = lambda batch: calls.append(1) or forward(batch)
+    method.teacher_forced = lambda batch, logits=False: calls.append(1) or forward(batch, logits=logits)
     suite = EvalSuite({"forget": [LabelEvaluator(), AnswerEvaluator()], "retain": [AnswerEvaluator()]})
     batch = next(iter(dm.val_dataloader()[0]))
     suite.update(method, batch)

@@ -82,7 +82,8 @@ def default_retain_for_fusion(cls) -> str:
 
 # ---- (a) finite loss, (b) gradients only on the adapter ------------------------------------------------------------
 @pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
-def test_training_step_gives_finite_loss_and_adapter_only_gradients(cls, make_method, qa_batch):
+def test_training_step_gives_finite_loss_and_adapter_only_gradients(cls, make_method, batch_for):
+    qa_batch = batch_for(cls)
     assert set(qa_batch) == {"forget", "retain"}
     method = make_method(cls)
     loss = method.training_step(qa_batch, 0)
@@ -105,7 +106,8 @@ def test_training_step_gives_finite_loss_and_adapter_only_gradients(cls, make_me
 
 # ---- (c) a few steps move the adapter only; (d) step 0 equals the reference -----------------------------------------
 @pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
-def test_optimizer_steps_change_adapter_and_keep_base(cls, make_method, qa_batch):
+def test_optimizer_steps_change_adapter_and_keep_base(cls, make_method, batch_for):
+    qa_batch = batch_for(cls)
     method = make_method(cls)
     fb = qa_batch["forget"]
     with torch.no_grad():
@@ -226,7 +228,8 @@ def test_grad_ascent_kl_retain_term(make_method, qa_batch):
 
 # ---- (f) fused forward == separate forwards -------------------------------------------------------------------------
 @pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
-def test_fused_forward_gives_same_loss(cls, make_method, qa_batch):
+def test_fused_forward_gives_same_loss(cls, make_method, batch_for):
+    qa_batch = batch_for(cls)
     fb, rb = qa_batch["forget"], qa_batch["retain"]
     assert fb["input_ids"].size(1) != rb["input_ids"].size(1), "test needs batches of different widths"
     method = make_method(cls, retain=default_retain_for_fusion(cls))

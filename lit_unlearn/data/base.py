@@ -25,7 +25,7 @@ from lit_unlearn.core.tokens import collate, encode
 from lit_unlearn.data.loaders import ResumableLoader
 from lit_unlearn.data.mixing import RatioSampler
 from lit_unlearn.data.sources import resolve
-from lit_unlearn.eval import EVALUATORS, Evaluator
+from lit_unlearn.eval import EVALUATORS, Aggregate, Evaluator
 from lit_unlearn.models.loading import DEFAULT_MODEL, load_tokenizer
 
 Mixing = Literal["max_size_cycle", "min_size", "max_size", "ratio"]
@@ -67,10 +67,12 @@ class ForgetRetainDataModule(L.LightningDataModule):
 
     #: evaluators every split runs unless ``evaluators`` says otherwise (names of :data:`lit_unlearn.eval.EVALUATORS`)
     default_evaluators: ClassVar[tuple[str, ...]] = ("answer",)
+    #: the (forget, retain) splits of the trade-off scalar ``val/gap``
+    tradeoff_splits: ClassVar[tuple[str, str]] = ("forget", "retain")
 
     def __init__(
         self,
-        forget: str,
+        forget: str | None = None,
         retain: str | None = None,
         eval_splits: dict[str, str] | None = None,
         tokenizer: str = DEFAULT_MODEL,
@@ -84,12 +86,13 @@ class ForgetRetainDataModule(L.LightningDataModule):
         id_field: str | None = None,
         weights: dict[str, str] | None = None,
         evaluators: dict[str, list[str]] | None = None,
+        train_splits: list[str] | None = None,
         seed: int = 0,
         num_workers: int = 0,
     ):
         """
         Args:
-            forget: the forget set: a local file (.jsonl/.json/.csv/.tsv/.parquet) or a hub id
+            forget: the forget set (required): a local file (.jsonl/.json/.csv/.tsv/.parquet) or a hub id
                 owner/name[:config][@split], read from the local mirror when ``$LIT_UNLEARN_DATA`` is set.
             retain: the retain set (same forms); None trains on forget data alone.
             eval_splits: extra evaluation-only splits, name -> source (e.g. ``test_forget: owner/name@test_forget``).
@@ -105,12 +108,17 @@ class ForgetRetainDataModule(L.LightningDataModule):
             id_field: the source field holding each row's id; null: the row's 0-based position in its source.
             weights: per-row weights, split -> a file of ``{"id" or "index", "weight"}`` rows (e.g. influence
                 weights), joined on the rows' ids; every row of the split needs one. Overrides a ``weight`` field.
-            evaluators: the evaluators of a split, split -> names (``answer``, ``label``); other splits run the
-                data module's defaults.
-            seed: seeds shuffling, mixing and ``max_rows`` subsets.
+            evaluators: the evaluators of a split, split -> names (``answer``, ``label``, ...); other splits run
+                the data module's defaults; an empty list leaves a split out of evaluation.
+            train_splits: the splits trained on, among ``forget`` and ``retain`` (default both; ``[retain]``
+                trains a retain-only model).
+            seed: seeds shuffling, mixing and ``max_rows`` subsets (a subset depends on the source and the limit,
+                so two splits reading one source with one limit hold the same rows).
             num_workers: DataLoader worker processes.
         """
         super().__init__()
+        if not forget:
+            raise DataError("--data.forget is required: the forget set's file or hub id")
         if max_length < 2:
             raise DataError(f"--data.max_length must be >= 2, got {max_length}")
         if batch_size < 1 or eval_batch_size < 1:
@@ -121,9 +129,15 @@ class ForgetRetainDataModule(L.LightningDataModule):
                 raise DataError(f"--data.evaluators names split {split!r}, which is not one of: "
                                 f"{', '.join(self.sources)}")
             unknown = [n for n in names if n not in EVALUATORS]
-            if unknown or not names:
-                raise DataError(f"--data.evaluators.{split}: unknown evaluator {unknown[0] if unknown else '(none)'!r};"
-                                f" known: {', '.join(EVALUATORS)}")
+            if unknown:
+                raise DataError(f"--data.evaluators.{split}: unknown evaluator {unknown[0]!r}; known: "
+                                f"{', '.join(EVALUATORS)}")
+        configured = tuple(s for s in TRAIN_SPLITS if s in self.sources)
+        self.train_splits = tuple(train_splits) if train_splits is not None else configured
+        bad = [s for s in self.train_splits if s not in configured]
+        if bad or not self.train_splits:
+            raise DataError(f"--data.train_splits: {bad[0] if bad else 'nothing'!r} cannot be trained on; choose "
+                            f"among the configured {', '.join(s for s in TRAIN_SPLITS if s in self.sources)}")
         for split in weights or {}:
             if split not in self.sources:
                 raise DataError(f"--data.weights names split {split!r}, which is not one of: {', '.join(self.sources)}")
@@ -145,6 +159,15 @@ class ForgetRetainDataModule(L.LightningDataModule):
     def evaluators_for(self, split: str) -> list[Evaluator]:
         """Fresh evaluators for ``split``: the ``evaluators`` entry of that split, else ``default_evaluators``."""
         return [EVALUATORS[name]() for name in self.evaluator_names.get(split, self.default_evaluators)]
+
+    def aggregates(self) -> list[Aggregate]:
+        """Metrics over several splits (e.g. TOFU's model utility), computed after the splits' evaluators."""
+        return []
+
+    @property
+    def eval_split_names(self) -> list[str]:
+        """The splits evaluated: those with at least one evaluator."""
+        return [s for s in self.sources if self.evaluators_for(s)]
 
     # ---- loading ------------------------------------------------------------------------------------------
     @property
@@ -171,7 +194,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
             raise DataError(f"{split}: split {name} is empty")
         limit = self._limit(split)
         if limit is not None and limit < len(raw):
-            keep = sorted(random.Random(f"{self.seed}:{split}").sample(range(len(raw)), limit))
+            keep = sorted(random.Random(f"{self.seed}:{name}").sample(range(len(raw)), limit))
             raw = [raw[i] for i in keep]
         weights = self._read_weights(split) if split in self.weights else None
         rows, skipped, ids = [], 0, set()
@@ -194,7 +217,12 @@ class ForgetRetainDataModule(L.LightningDataModule):
             ids.add(rid)
             rec.update(id=rid, index=r["_index"], split=split)
             if weights is not None:
-                rec["weight"] = self._weight_of(weights, rid, r["_index"], split)
+                key, table = weights
+                k = rid if key == "id" else r["_index"]
+                if k not in table:
+                    raise DataError(f"{split}: the weights file (--data.weights.{split}) has no weight for row {key} "
+                                    f"{k!r}")
+                rec["weight"] = table[k]
             elif "weight" in r:
                 rec["weight"] = float(r["weight"])
             rows.append({**rec, **enc})
@@ -212,8 +240,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
             raise DataError(f"{split}: {row['_where']} has no id field {self.id_field!r} (--data.id_field)")
         return str(value)
 
-    def _read_weights(self, split: str) -> dict:
-        """``{"id": {id: w}}`` or ``{"index": {index: w}}`` from the split's weights file."""
+    def _read_weights(self, split: str) -> tuple[str, dict]:
+        """``("id", {id: w})`` or ``("index", {index: w})`` from the split's weights file."""
         where = f"weights.{split}"
         rows = resolve(self.weights[split], where).read(where)
         key = "id" if rows and "id" in rows[0] else "index"
@@ -222,15 +250,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
             if r.get(key) is None or r.get("weight") is None:
                 raise DataError(f"{where}: {r['_where']} needs {key!r} and 'weight' fields (--data.weights.{split})")
             table[str(r[key]) if key == "id" else int(r[key])] = float(r["weight"])
-        return {key: table}
-
-    @staticmethod
-    def _weight_of(weights: dict, rid: str, index: int, split: str) -> float:
-        key, table = next(iter(weights.items()))
-        k = rid if key == "id" else index
-        if k not in table:
-            raise DataError(f"{split}: the weights file (--data.weights.{split}) has no weight for row {key} {k!r}")
-        return table[k]
+        return key, table
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -262,8 +282,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
         world, rank = self._world()
         pad = self.tokenizer.pad_token_id
         if self.mixing == "ratio":
-            if "retain" not in self.datasets:
-                raise DataError("--data.mixing ratio needs a retain set (--data.retain)")
+            if set(self.train_splits) != set(TRAIN_SPLITS):
+                raise DataError("--data.mixing ratio needs a retain set (--data.retain) and both splits trained on")
             f, r = self.datasets["forget"], self.datasets["retain"]
 
             def row_weights(ds: RowsDataset) -> list[float] | None:
@@ -274,7 +294,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
             return self._loader(ConcatDataset([f, r]), sampler, self.batch_size, _Collate(pad, by_split=True),
                                 train=True)
         loaders = {}
-        for split in (s for s in TRAIN_SPLITS if s in self.datasets):
+        for split in (s for s in self.train_splits if s in self.datasets):
             ds = self.datasets[split]
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
             loaders[split] = self._loader(ds, sampler, self.batch_size, _Collate(pad, split), train=True)
@@ -285,7 +305,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
 
         world, rank = self._world()
         loaders = []
-        for name, ds in self.datasets.items():
+        for name in self.eval_split_names:
+            ds = self.datasets[name]
             # no padding duplicates across ranks: every row is evaluated exactly once
             sampler = UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
             loaders.append(self._loader(ds, sampler, self.eval_batch_size, _Collate(self.tokenizer.pad_token_id, name)))

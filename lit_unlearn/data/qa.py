@@ -13,8 +13,14 @@ class QADataModule(ForgetRetainDataModule):
     """Rows with a question and an answer field; the prompt ends without a trailing space.
 
     Example: ``forget: locuslab/TOFU:forget10@train``, ``retain: locuslab/TOFU:retain90@train``. A record holds
-    ``question``, ``prompt``, ``answer`` (the templated, scored continuation) and, where the row has them, TOFU's
-    ``paraphrased_answer`` and ``perturbed_answer``.
+    ``question``, ``prompt``, ``answer`` (the templated, scored continuation), ``answer_text`` (the answer as the
+    source has it) and, where the row has them, TOFU's ``paraphrased_answer`` and ``perturbed_answer``.
+
+    Reasoning traces (R-TOFU style rows with a chain of thought): with ``cot_field`` set, the scored continuation is
+    the reasoning, then the answer: ``answer = cot_part + answer_part`` with ``cot_part = cot_template(cot)`` and
+    ``answer_part = final_template(answer)``, and the record keeps ``cot``, ``cot_part``, ``answer_part`` and
+    ``final_prefix`` (``final_template`` up to ``{answer}``) so the reasoning-trace methods (GA1-3, IDK1-3) can
+    score or replace either part.
     """
 
     def __init__(
@@ -24,6 +30,9 @@ class QADataModule(ForgetRetainDataModule):
         answer_field: str = "answer",
         prompt_template: str = "Question: {question}\nAnswer:",
         answer_template: str = " {answer}",
+        cot_field: str | None = None,
+        cot_template: str = " {cot}",
+        final_template: str = "\nFinal answer: {answer}",
         **kwargs,
     ):
         """
@@ -32,14 +41,25 @@ class QADataModule(ForgetRetainDataModule):
             answer_field: name of the answer field in each row.
             prompt_template: the prompt, with ``{question}``; keep it free of a trailing space.
             answer_template: the scored continuation, with ``{answer}`` (a leading space suits BPE vocabularies).
+            cot_field: the field holding a chain of thought; null: rows without reasoning traces.
+            cot_template: with ``cot_field``: the reasoning part of the continuation, with ``{cot}``.
+            final_template: with ``cot_field``: the answer part that follows the reasoning, with ``{answer}``.
         """
         super().__init__(*args, **kwargs)
         self.question_field, self.answer_field = question_field, answer_field
         self.prompt_template, self.answer_template = prompt_template, answer_template
+        self.cot_field, self.cot_template, self.final_template = cot_field, cot_template, final_template
 
     def record(self, row: dict, split: str) -> dict:
         q = field(row, self.question_field, split, "question_field")
         a = field(row, self.answer_field, split, "answer_field")
         extra = {k: row[k] for k in EXTRA_FIELDS if row.get(k) is not None}
-        return {"question": q, "prompt": self.prompt_template.format(question=q),
-                "answer": self.answer_template.format(answer=a), **extra}
+        rec = {"question": q, "prompt": self.prompt_template.format(question=q),
+               "answer": self.answer_template.format(answer=a), "answer_text": a, **extra}
+        if self.cot_field is not None:
+            cot = field(row, self.cot_field, split, "cot_field")
+            rec.update(cot=cot, cot_part=self.cot_template.format(cot=cot),
+                       answer_part=self.final_template.format(answer=a),
+                       final_prefix=self.final_template.split("{answer}")[0])
+            rec["answer"] = rec["cot_part"] + rec["answer_part"]
+        return rec

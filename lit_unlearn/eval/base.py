@@ -33,9 +33,18 @@ class Scorer(Protocol):
     tokenizer: object
     device: torch.device
 
-    def teacher_forced(self, batch: dict) -> TokenStats:
-        """Teacher-forced per-token scores of ``batch`` (no gradient). Within :class:`~lit_unlearn.eval.EvalSuite`
-        it runs once per batch, however many evaluators ask."""
+    def teacher_forced(self, batch: dict, logits: bool = False) -> TokenStats:
+        """Teacher-forced per-token scores of ``batch`` (no gradient); ``logits=True`` keeps the (B, T, V) logits.
+        Within :class:`~lit_unlearn.eval.EvalSuite` it runs once per batch, however many evaluators ask."""
+
+    def encode(self, prompts: list[str], answers: list[str]) -> dict:
+        """A batch of (prompt, answer) pairs, tokenized as the data modules do (answer tokens scored)."""
+
+    def answer_nlls(self, prompts: list[str], groups: list[list[str]]) -> list[list[float]]:
+        """Mean answer NLL of every answer in ``groups[i]`` to ``prompts[i]``, scored in batches."""
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of ``prompts`` (:func:`lit_unlearn.eval.generate.greedy_generate`)."""
 
 
 def gather_rows(rows: list[dict]) -> list[dict]:
@@ -58,6 +67,8 @@ class Evaluator:
     primary: ClassVar[str]
     #: whether a larger ``primary`` means the model knows the rows better
     higher_is_better: ClassVar[bool] = True
+    #: whether :meth:`update` needs the full (B, T, V) logits of the teacher-forced forward
+    needs_logits: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -92,6 +103,22 @@ class Evaluator:
     def row_keys(batch: dict) -> list[dict]:
         """``{"id", "index"}`` of each row of ``batch``: the keys every per-row record starts from."""
         return [{"id": i, "index": k} for i, k in zip(row_ids(batch), batch["index"].tolist())]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Aggregate:
+    """A metric over several splits' rows (TOFU's model utility and forget quality, a membership-inference AUC),
+    computed after every split's evaluators; its scalars appear in the results under its ``name`` like a split's."""
+
+    name: ClassVar[str]
+    #: the scalar keys :meth:`compute` may return
+    keys: ClassVar[tuple[str, ...]]
+
+    def compute(self, rows: dict[str, dict[str, list[dict]]], results: dict[str, dict[str, float]]) -> dict[str, float]:
+        """``rows[split][evaluator name]``: every split's gathered rows; ``results``: every split's scalars."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

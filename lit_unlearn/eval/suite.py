@@ -11,11 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_unlearn.core.errors import EvalError
-from lit_unlearn.eval.base import Evaluator, Scorer
+from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer
 
 
 class EvalSuite:
-    def __init__(self, plan: dict[str, list[Evaluator]]):
+    def __init__(self, plan: dict[str, list[Evaluator]], aggregates: list[Aggregate] | None = None,
+                 tradeoff: tuple[str, str] = ("forget", "retain")):
+        """
+        Args:
+            plan: split -> the evaluators it runs (a split with none is not evaluated).
+            aggregates: metrics over several splits, computed after the splits' evaluators.
+            tradeoff: the (forget, retain) splits whose primary keys make the trade-off scalar.
+        """
         for split, evaluators in plan.items():
             seen: dict[str, str] = {}
             for ev in evaluators:
@@ -24,38 +31,52 @@ class EvalSuite:
                         raise EvalError(f"split {split!r}: evaluators {seen[key]!r} and {ev.name!r} both report "
                                         f"{key!r}; list each evaluator once")
                     seen[key] = ev.name
-        self.plan = plan
+        self.plan = {split: evaluators for split, evaluators in plan.items() if evaluators}
+        self.aggregates = list(aggregates or [])
+        self.tradeoff_splits = tradeoff
+        clash = [a.name for a in self.aggregates if a.name in self.plan]
+        if clash:
+            raise EvalError(f"aggregate {clash[0]!r} has the name of a split; rename the split")
 
     def update(self, module: Scorer, batch: dict) -> None:
         split = batch.get("split")
         if split not in self.plan:
             raise EvalError(f"an evaluation batch of split {split!r} has no evaluators (splits: {', '.join(self.plan)})")
-        scorer = _BatchScorer(module, batch)
+        scorer = _BatchScorer(module, batch, logits=any(ev.needs_logits for ev in self.plan[split]))
         for ev in self.plan[split]:
             ev.update(scorer, batch)
 
     def compute(self) -> dict[str, dict[str, float]]:
-        """``{split: {key: value}}`` over every split (a collective under DDP: every rank computes every split)."""
+        """``{split: {key: value}}`` over every split, then ``{aggregate: {key: value}}`` (a collective under DDP:
+        every rank computes every split)."""
         out: dict[str, dict[str, float]] = {}
         for split, evaluators in self.plan.items():
             out[split] = {k: float(v) for ev in evaluators for k, v in ev.compute().items()}
+        rows = {split: {ev.name: ev.last_rows for ev in evaluators} for split, evaluators in self.plan.items()}
+        for agg in self.aggregates:
+            values = agg.compute(rows, out)
+            if values:
+                out[agg.name] = {k: float(v) for k, v in values.items()}
         return out
 
     def tradeoff(self, results: dict[str, dict[str, float]]) -> float | None:
         """How much better the model knows retain than forget rows, on the primary key of the first evaluator the
-        two splits share (e.g. retain acc - forget acc; higher = better unlearning); None without both splits."""
-        if "forget" not in results or "retain" not in results:
+        two trade-off splits share (e.g. retain acc - forget acc; higher = better unlearning); None without both."""
+        forget, retain = self.tradeoff_splits
+        if forget not in results or retain not in results:
             return None
-        retain = {ev.name for ev in self.plan.get("retain", [])}
-        for ev in self.plan.get("forget", []):
-            if ev.name in retain:
-                gap = results["retain"][ev.primary] - results["forget"][ev.primary]
+        on_retain = {ev.name for ev in self.plan.get(retain, [])}
+        for ev in self.plan.get(forget, []):
+            if ev.name in on_retain:
+                gap = results[retain][ev.primary] - results[forget][ev.primary]
                 return gap if ev.higher_is_better else -gap
         return None
 
     def table_keys(self) -> list[str]:
-        """The scalar keys of all evaluators, in evaluator order, each once: the columns of the before/after table."""
-        return list(dict.fromkeys(k for evaluators in self.plan.values() for ev in evaluators for k in ev.keys))
+        """The scalar keys of all evaluators and aggregates, in their order, each once: the before/after table's
+        columns."""
+        keys = [k for evaluators in self.plan.values() for ev in evaluators for k in ev.keys]
+        return list(dict.fromkeys(keys + [k for agg in self.aggregates for k in agg.keys]))
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Each evaluator's per-row artifact of the last compute: ``<out_dir>/<split>.<evaluator>.jsonl``."""
@@ -65,16 +86,16 @@ class EvalSuite:
 
 class _BatchScorer:
     """The module as the evaluators of one batch see it: its teacher-forced forward of that batch runs once, however
-    many evaluators ask; everything else is the module's own."""
+    many evaluators ask (with the logits when any of them needs them); everything else is the module's own."""
 
-    def __init__(self, module: Scorer, batch: dict):
-        self._module, self._batch, self._stats = module, batch, None
+    def __init__(self, module: Scorer, batch: dict, logits: bool = False):
+        self._module, self._batch, self._logits, self._stats = module, batch, logits, None
 
-    def teacher_forced(self, batch: dict):
+    def teacher_forced(self, batch: dict, logits: bool = False):
         if batch is not self._batch:
-            return self._module.teacher_forced(batch)
+            return self._module.teacher_forced(batch, logits=logits)
         if self._stats is None:
-            self._stats = self._module.teacher_forced(batch)
+            self._stats = self._module.teacher_forced(batch, logits=self._logits or logits)
         return self._stats
 
     def __getattr__(self, name: str):
@@ -82,12 +103,14 @@ class _BatchScorer:
 
 
 def format_table(before: dict, after: dict, keys: list[str] | tuple[str, ...]) -> str:
-    """A plain-text table of ``keys`` per split, ``before -> after`` where both are known."""
-    lines = [f"{'split':<14}" + "".join(f"{k:>18}" for k in keys)]
-    for split in after:
-        cells = []
-        for k in keys:
-            a, b = after[split].get(k), before.get(split, {}).get(k)
-            cells.append("" if a is None else f"{b:.3f} -> {a:.3f}" if b is not None else f"{a:.3f}")
-        lines.append(f"{split:<14}" + "".join(f"{c:>18}" for c in cells))
+    """A plain-text table, one line per split and metric (in ``keys`` order): ``before -> after`` where both are
+    known, else the value."""
+    lines = [f"{'split':<14}{'metric':<18}{'before':>10}{'':4}{'after':>10}"]
+    for split, values in after.items():
+        name = split
+        for k in (k for k in keys if k in values):
+            b = before.get(split, {}).get(k)
+            lines.append(f"{name:<14}{k:<18}" + (f"{b:>10.4f}{' -> ':4}" if b is not None else f"{'':>14}")
+                         + f"{values[k]:>10.4f}")
+            name = ""
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from lit_unlearn.adapters.base import Adapter
 from lit_unlearn.core.errors import MethodError
 from lit_unlearn.core.scoring import TokenStats
 from lit_unlearn.core.tokens import IGNORE, encode_batch
-from lit_unlearn.eval import EvalSuite
+from lit_unlearn.eval import EvalSuite, greedy_generate
 from lit_unlearn.methods.assembly import assemble, export_merged
 from lit_unlearn.methods.optim import Schedule, build_optimization
 from lit_unlearn.methods.reference import ReferenceCache
@@ -254,9 +254,31 @@ class UnlearningMethod(L.LightningModule):
 
     # ---- evaluation: the data module's evaluators, split by split ---------------------------------------------
     @torch.no_grad()
-    def teacher_forced(self, batch: dict) -> TokenStats:
+    def teacher_forced(self, batch: dict, logits: bool = False) -> TokenStats:
         """Teacher-forced scores of an evaluation batch (the evaluators' :class:`~lit_unlearn.eval.Scorer` call)."""
-        return self(batch)
+        return self(batch, logits=logits)
+
+    @torch.no_grad()
+    def answer_nlls(self, prompts: list[str], groups: list[list[str]], chunk: int = 32) -> list[list[float]]:
+        """L (mean answer NLL) of every answer in ``groups[i]`` to ``prompts[i]``: all pairs scored together in
+        chunks of ``chunk`` rows of similar length (little padding)."""
+        pairs = [(i, p, a) for i, (p, g) in enumerate(zip(prompts, groups)) for a in g]
+        order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][1]) + len(pairs[k][2]))
+        values = [0.0] * len(pairs)
+        for s in range(0, len(order), chunk):
+            idx = order[s:s + chunk]
+            batch = self.encode([pairs[k][1] for k in idx], [pairs[k][2] for k in idx])
+            for k, v in zip(idx, self.teacher_forced(batch).mean_nll.double().tolist()):
+                values[k] = v
+        out, start = [], 0
+        for g in groups:
+            out.append(values[start:start + len(g)])
+            start += len(g)
+        return out
+
+    def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+        """Greedy continuations of ``prompts`` by the current model (adapter on), batched with left padding."""
+        return greedy_generate(self.lm, self.tokenizer, prompts, max_new_tokens, batch_size)
 
     def evaluation_suite(self) -> EvalSuite:
         """The evaluators of every split of the attached data module (built once, reused by every evaluation)."""
@@ -265,7 +287,8 @@ class UnlearningMethod(L.LightningModule):
             if dm is None or not hasattr(dm, "evaluators_for"):
                 raise MethodError("evaluation needs a lit_unlearn data module (--data), which names each split's "
                                   "evaluators")
-            self.suite = EvalSuite({split: dm.evaluators_for(split) for split in dm.split_names})
+            self.suite = EvalSuite({split: dm.evaluators_for(split) for split in dm.split_names},
+                                   aggregates=dm.aggregates(), tradeoff=dm.tradeoff_splits)
         return self.suite
 
     def on_validation_epoch_start(self) -> None:

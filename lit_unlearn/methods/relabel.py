@@ -36,7 +36,8 @@ REFUSALS = (
 )
 
 
-def _pick(options: tuple[str, ...] | list[str], seed: int, row_id: str) -> str:
+def pick(options: tuple[str, ...] | list[str], seed: int, row_id: str) -> str:
+    """One of ``options``, a seeded function of (seed, row id): the same in every epoch, on every rank, on resume."""
     return options[random.Random(f"{seed}:{row_id}").randrange(len(options))]
 
 
@@ -52,7 +53,7 @@ class _ReplaceAnswers(UnlearningMethod):
         if "prompt" not in batch:
             raise MethodError(f"{type(self).__name__} needs the raw prompt/answer strings in forget batches")
         options = self.replacements()
-        answers = [_with_leading_space(a, _pick(options, self.seed, i)) for a, i in zip(batch["answer"], row_ids(batch))]
+        answers = [_with_leading_space(a, pick(options, self.seed, i)) for a, i in zip(batch["answer"], row_ids(batch))]
         return {**batch, **self.encode(batch["prompt"], answers)}
 
     def forget_loss(self, batch: dict, stats: TokenStats) -> Tensor:

@@ -1,0 +1,106 @@
+"""Membership inference: can the forget rows still be told from rows the model never saw?
+
+Per row (``mia`` evaluator), over the answer tokens y_1..y_n given the prompt (teacher forcing), with
+lp_t = log p(y_t | x, y_<t), every score oriented so that higher means "more likely trained on":
+
+- ``loss``:   mean_t lp_t (= -L, the LOSS attack; Yeom et al. 2018)
+- ``zlib``:   sum_t lp_t / zlib_bits, zlib_bits = 8 * len(zlib.compress(answer UTF-8 bytes)) (Carlini et al. 2021,
+  arXiv 2012.07805: the model's NLL against a generic compressor's length)
+- ``mink``:   mean of the k% lowest lp_t (Min-K% Prob; Shi et al. 2023, arXiv 2310.16789), k = 20% by default,
+  at least one token
+- ``minkpp``: mean of the k% lowest z_t, z_t = (lp_t - mu_t) / sigma_t with mu_t and sigma_t^2 the mean and
+  variance of log p(v | x, y_<t) over the vocabulary under the model's own distribution (Min-K%++; Zhang et al.
+  2024, arXiv 2404.02936)
+
+Over splits (:class:`MIASummary`): ``auc_<score>`` = ROC AUC of telling the ``members`` split (forget, label 1)
+from the ``non-members`` split (TOFU's holdout, label 0) by the score (``torchmetrics`` ``binary_auroc``). A model
+that never trained on either sits near 0.5. With the retain-only model's rows as reference, ``privleak_<score>`` =
+(AUC - AUC_retain) / AUC_retain (MUSE's PrivLeak, Shi et al. 2024, arXiv 2407.06460): 0 when unlearning left no
+more trace than never training on the rows, positive when the forget rows still stand out.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from lit_unlearn.core.errors import EvalError
+from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer
+from lit_unlearn.eval.tofu import matched, read_reference
+
+SCORES = ("loss", "zlib", "mink", "minkpp")
+
+
+class MIAEvaluator(Evaluator):
+    """Per-row membership scores (module docstring); the AUCs come from :class:`MIASummary`."""
+
+    name = "mia"
+    keys = ("loss", "zlib", "mink", "minkpp")  # split means of the scores; the AUCs are the summary's
+    primary = "loss"
+    needs_logits = True
+
+    def __init__(self, k: float = 0.2):
+        super().__init__()
+        if not 0 < k <= 1:
+            raise EvalError(f"--data.mia_k must be in (0, 1], got {k}")
+        self.k = k
+
+    def update(self, module: Scorer, batch: dict) -> None:
+        stats = module.teacher_forced(batch, logits=True)
+        answers = batch.get("answer_text") or [a.strip() for a in batch["answer"]]
+        for i, key in enumerate(self.row_keys(batch)):
+            mask = stats.mask[i]
+            lp = -stats.token_nll[i][mask].double()
+            logp = F.log_softmax(stats.logits[i][mask].double(), -1)
+            mu = (logp.exp() * logp).sum(-1)
+            sigma = ((logp.exp() * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=1e-12).sqrt()
+            z = (lp - mu) / sigma
+            m = max(1, int(self.k * lp.numel()))
+            bits = 8 * len(zlib.compress(answers[i].encode("utf-8")))
+            self.rows.append({**key, "question": batch.get("question", [None] * len(answers))[i],
+                              "loss": float(lp.mean()), "zlib": float(lp.sum()) / bits,
+                              "mink": float(torch.topk(lp, m, largest=False).values.mean()),
+                              "minkpp": float(torch.topk(z, m, largest=False).values.mean())})
+
+    def summarize(self, rows: list[dict]) -> dict[str, float]:
+        n = max(1, len(rows))
+        return {s: math.fsum(r[s] for r in rows) / n for s in SCORES}
+
+
+def auc(members: list[float], nonmembers: list[float]) -> float:
+    """ROC AUC of scores where members (label 1) should score higher than non-members (label 0)."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    scores = torch.tensor(members + nonmembers, dtype=torch.float64)
+    labels = torch.tensor([1] * len(members) + [0] * len(nonmembers))
+    return float(binary_auroc(scores, labels))
+
+
+class MIASummary(Aggregate):
+    """AUC per score of members vs non-members and, with a reference, the relative privacy leak (module docstring)."""
+
+    name = "mia"
+    keys: ClassVar[tuple[str, ...]] = tuple(f"auc_{s}" for s in SCORES) + tuple(f"privleak_{s}" for s in SCORES)
+
+    def __init__(self, members: str = "forget", nonmembers: str = "holdout", reference: str | None = None):
+        self.members, self.nonmembers, self.reference = members, nonmembers, reference
+
+    def compute(self, rows: dict, results: dict) -> dict[str, float]:
+        if "mia" not in rows.get(self.members, {}) or "mia" not in rows.get(self.nonmembers, {}):
+            return {}
+        ours_in, ours_out = rows[self.members]["mia"], rows[self.nonmembers]["mia"]
+        out = {f"auc_{s}": auc([r[s] for r in ours_in], [r[s] for r in ours_out]) for s in SCORES}
+        if self.reference is not None:
+            theirs = []
+            for split, ours in ((self.members, ours_in), (self.nonmembers, ours_out)):
+                path, rows_ref = read_reference(self.reference, split, "mia")
+                theirs.append(matched(ours, path, rows_ref))
+            for s in SCORES:
+                ref = auc([r[s] for r in theirs[0]], [r[s] for r in theirs[1]])
+                if ref > 0:  # undefined against a reference AUC of 0: left out
+                    out[f"privleak_{s}"] = (out[f"auc_{s}"] - ref) / ref
+        return out

@@ -1,0 +1,147 @@
+"""TOFU end to end: retain-only model -> learn -> unlearn (one or more methods) -> the TOFU table.
+
+    python -m lit_unlearn.tofu --methods npo_gd                      # full setting (forget10): a GPU job
+    python -m lit_unlearn.tofu --mini 40 --methods grad_ascent,graddiff,npo_gd,simnpo,idk   # 2-core CPU
+
+Each stage is ``train.py fit`` with ``configs/tofu/base.yaml`` + ``configs/tofu/<stage>.yaml`` (+ ``mini.yaml``),
+in ``<out>/<stage>``:
+
+1. ``retain``: fine-tuned on the retain set alone; its evaluation rows (``rows/after``) are the reference of forget
+   quality and of the membership-inference privacy leak for every later stage;
+2. ``finetune``: fine-tuned on forget + retain: the model to unlearn from;
+3. one run per method in ``--methods`` (a file name of ``configs/tofu/``), starting from the learned adapter.
+
+Each model is evaluated once: the learn stage evaluates the base model before training and the learned model
+after, so the retain and unlearning stages skip their evaluation before fit (``--eval_before false``; the
+unlearning stages' collapse-guard floor, half the retain probability of the learned model, is set from the learn
+stage's evaluation).
+
+A stage whose run directory already holds a completed run is reused (an interrupted one is resumed), so adding a
+method reruns only that method. The table (forget quality, model utility, the forget set's probability / ROUGE /
+truth ratio, MIA AUC and privacy leak, wall times) is printed and written to ``<out>/tofu_summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tofu"
+#: per-stage recipe of the mini setting (SmolLM2-135M + LoRA on a CPU), replacing the config's lr and epochs
+MINI = {"learn": {"lr": 1.0e-3, "epochs": 8}, "unlearn": {"lr": 2.0e-4, "epochs": 5}}
+COLUMNS = (("tofu", "forget_quality", "FQ"), ("tofu", "model_utility", "MU"), ("forget", "prob", "f.prob"),
+           ("forget", "rouge", "f.ROUGE"), ("forget", "truth_ratio", "f.TR"), ("retain_eval", "rouge", "r.ROUGE"),
+           ("mia", "auc_loss", "AUC loss"), ("mia", "auc_minkpp", "AUC mk++"), ("mia", "privleak_loss", "leak loss"))
+
+
+def _status(run_dir: Path) -> str | None:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()).get("status", "finished") if path.is_file() else None
+
+
+def run_stage(stage: str, out: Path, extra: list[str], mini: int | None) -> dict:
+    """Run (or reuse, or resume) one stage; returns its metrics.json."""
+    run_dir = out / stage
+    status = _status(run_dir)
+    if status in ("finished", "collapsed", "diverged"):
+        print(f"[lit_unlearn] tofu: reusing the {status} run {run_dir}")
+        return json.loads((run_dir / "metrics.json").read_text())
+    config = CONFIG_DIR / f"{stage}.yaml"
+    if not config.is_file():
+        raise SystemExit(f"lit_unlearn.tofu: no config {config}; --methods takes file names of configs/tofu/")
+    args = ["fit", "--config", str(CONFIG_DIR / "base.yaml"), "--config", str(config)]
+    if mini is not None:
+        args += ["--config", str(CONFIG_DIR / "mini.yaml"), "--data.init_args.mini", str(mini)]
+    args += ["--trainer.logger.init_args.save_dir", str(out.parent), "--trainer.logger.init_args.name", out.name,
+             "--trainer.logger.init_args.version", stage, *extra]
+    if status == "interrupted":
+        args += ["--ckpt_path", "last"]
+    cli = cli_main(args)
+    if cli.exit_code not in (0, 3):
+        raise SystemExit(cli.exit_code)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", mini: int | None = None,
+                 model: str | None = None, learn_lr: float | None = None, learn_epochs: int | None = None,
+                 unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0) -> dict:
+    """Run the stages (module docstring); returns ``{stage: metrics.json}`` plus the summary rows."""
+    out = Path(out).resolve()
+    t0 = time.time()
+    recipe = {"learn": {"lr": learn_lr, "epochs": learn_epochs}, "unlearn": {"lr": unlearn_lr, "epochs": unlearn_epochs}}
+    if mini is not None:
+        recipe = {k: {p: v if v is not None else MINI[k][p] for p, v in ps.items()} for k, ps in recipe.items()}
+
+    def flags(kind: str) -> list[str]:
+        f = ["--seed_everything", str(seed)] + (["--model.init_args.model", model] if model else [])
+        if recipe[kind]["lr"] is not None:
+            f += ["--model.init_args.lr", str(recipe[kind]["lr"])]
+        if recipe[kind]["epochs"] is not None:
+            f += ["--trainer.max_epochs", str(recipe[kind]["epochs"])]
+        return f
+
+    reference = ["--data.init_args.reference", str(out / "retain" / "rows" / "after")]
+    # the retain stage's "before" is the base model, which the learn stage evaluates anyway
+    records = {"retain": run_stage("retain", out, flags("learn") + ["--eval_before", "false"], mini)}
+    records["finetune"] = run_stage("finetune", out, flags("learn") + reference, mini)
+    # an unlearning stage's "before" is the learned model the learn stage evaluated after training: not evaluated
+    # again; the collapse guard's floor (half the retain probability before unlearning) is set from that evaluation
+    learned = records["finetune"]["metrics"]["after"]
+    floor = ["--guard.relative", "false", "--guard.retain_floor", str(0.5 * learned["retain_eval"]["prob"])]
+    for method in methods:
+        records[method] = run_stage(method, out, flags("unlearn") + reference + floor + [
+            "--eval_before", "false", "--model.init_args.init_adapter", str(out / "finetune" / "adapter")], mini)
+    summary = {"stages": {name: summarize(rec) for name, rec in records.items()}, "mini": mini,
+               "wall_time_s": round(time.time() - t0, 1), "versions": package_versions()}
+    write_json_atomic(out / "tofu_summary.json", summary)
+    return summary
+
+
+def summarize(record: dict) -> dict:
+    after = record["metrics"].get("after", {})
+    row = {label: after.get(split, {}).get(key) for split, key, label in COLUMNS}
+    row["status"] = record.get("status", "finished")
+    row["wall_time_s"] = record.get("wall_time_s", {})
+    return row
+
+
+def format_summary(summary: dict) -> str:
+    labels = [label for _, _, label in COLUMNS]
+    lines = [f"{'stage':<12}" + "".join(f"{label:>11}" for label in labels) + f"{'fit s':>8}{'eval s':>8}"]
+    for stage, row in summary["stages"].items():
+        cells = "".join(f"{'-':>11}" if row[label] is None else
+                        f"{row[label]:>11.3g}" if label == "FQ" else f"{row[label]:>11.3f}" for label in labels)
+        wall = row["wall_time_s"]
+        lines.append(f"{stage:<12}{cells}{wall.get('fit', 0):>8.0f}{wall.get('eval_after', 0):>8.0f}"
+                     + ("" if row["status"] == "finished" else f"  ({row['status']})"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="npo_gd",
+                        help="comma-separated unlearning configs of configs/tofu/ (grad_ascent, graddiff, npo, "
+                             "npo_gd, npo_kl, simnpo, idk)")
+    parser.add_argument("--mini", type=int, default=None, help="the CPU-sized setting with N retain rows (e.g. 40)")
+    parser.add_argument("--out", default=None, help="run folder (default checkpoints/tofu_run, or tofu_mini)")
+    parser.add_argument("--model", default=None, help="base model (default: the configs' SmolLM2-135M-Instruct)")
+    parser.add_argument("--learn-lr", type=float, default=None, help="lr of the retain and learn stages")
+    parser.add_argument("--learn-epochs", type=int, default=None, help="epochs of the retain and learn stages")
+    parser.add_argument("--unlearn-lr", type=float, default=None, help="lr of the unlearning stages")
+    parser.add_argument("--unlearn-epochs", type=int, default=None, help="epochs of the unlearning stages")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = args.out or ("checkpoints/tofu_mini" if args.mini else "checkpoints/tofu_run")
+    summary = run_pipeline([m for m in args.methods.split(",") if m], out, args.mini, args.model, args.learn_lr,
+                           args.learn_epochs, args.unlearn_lr, args.unlearn_epochs, args.seed)
+    print("\n" + format_summary(summary))
+    print(f"[lit_unlearn] tofu: {Path(out) / 'tofu_summary.json'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

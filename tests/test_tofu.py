@@ -1,0 +1,311 @@
+"""TOFU end to end on tiny models: each metric against a hand-computed value, the data module's splits and its bad
+input, the reasoning-trace methods, and the whole pipeline (retain model -> learn -> unlearn -> table) from the
+shipped configs with datasets named by hub id (a tiny mirror in ``$LIT_UNLEARN_DATA``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_jsonl
+from lit_unlearn.core.errors import DataError, EvalError
+from lit_unlearn.core.scoring import TokenStats
+from lit_unlearn.core.tokens import IGNORE
+from lit_unlearn.data.catalog import MIRROR_ENV
+from lit_unlearn.eval import MIAEvaluator, MIASummary, TOFUEvaluator, TOFUSummary
+from lit_unlearn.eval.mia import auc
+from lit_unlearn.eval.tofu import harmonic_mean
+
+
+# ---- a scorer whose answer losses and generations are set by the test ---------------------------------------------------
+class Scripted:
+    """``teacher_forced`` gives each (prompt, answer) the mean NLL in ``nll``; ``generate`` the text in ``says``."""
+
+    def __init__(self, nll: dict[tuple[str, str], float], says: dict[str, str]):
+        self.nll, self.says = nll, says
+
+    def encode(self, prompts, answers):
+        return {"pairs": list(zip(prompts, answers))}
+
+    def teacher_forced(self, batch, logits=False):
+        pairs = batch["pairs"] if "pairs" in batch else list(zip(batch["prompt"], batch["answer"]))
+        loss = torch.tensor([self.nll[p] for p in pairs], dtype=torch.float64)
+        return TokenStats(None, torch.zeros(len(pairs), 1), loss[:, None], torch.ones(len(pairs), 1, dtype=torch.bool))
+
+    def answer_nlls(self, prompts, groups):
+        return [[self.nll[(p, a)] for a in g] for p, g in zip(prompts, groups)]
+
+    def generate(self, prompts, max_new_tokens):
+        return [self.says[p] for p in prompts]
+
+
+def qa_batch(rows: list[dict]) -> dict:
+    return {"input_ids": torch.zeros(len(rows), 1), "index": torch.arange(len(rows)),
+            "id": [str(i) for i in range(len(rows))], "prompt": [r["q"] for r in rows],
+            "answer": [" " + r["a"] for r in rows], "answer_text": [r["a"] for r in rows],
+            "question": [r["q"] for r in rows], "paraphrased_answer": [r.get("para") for r in rows],
+            "perturbed_answer": [r["pert"] for r in rows], "split": "forget"}
+
+
+ROWS = [{"q": "Q1", "a": "Paris is the capital of France", "para": "France's capital is Paris",
+         "pert": ["Rome is the capital of France", "Lyon is the capital of France"]},
+        {"q": "Q2", "a": "Oslo", "para": "Oslo city", "pert": ["Bergen", "Lima"]}]  # a one-word answer
+NLL = {("Q1", " Paris is the capital of France"): 0.5, ("Q1", " France's capital is Paris"): 1.0,
+       ("Q1", " Rome is the capital of France"): 2.0, ("Q1", " Lyon is the capital of France"): 3.0,
+       ("Q2", " Oslo"): 0.2, ("Q2", " Oslo city"): 0.4, ("Q2", " Bergen"): 0.1, ("Q2", " Lima"): 0.3}
+SAYS = {"Q1": "Paris is the capital city", "Q2": "Oslo"}
+
+
+def expected_rows(kind: str) -> list[dict]:
+    out = []
+    for r in ROWS:
+        para = NLL[(r["q"], " " + r["a"])] if kind in ("real_authors", "world_facts") else NLL[(r["q"], " " + r["para"])]
+        pert = [NLL[(r["q"], " " + p)] for p in r["pert"]]
+        ratio = math.exp(sum(pert) / len(pert) - para)
+        p_true = math.exp(-NLL[(r["q"], " " + r["a"])])
+        prob = p_true if kind in ("forget", "retain") else p_true / (p_true + sum(math.exp(-x) for x in pert))
+        out.append({"ratio": ratio, "prob": prob})
+    return out
+
+
+@pytest.mark.parametrize("kind", ["forget", "retain", "real_authors", "world_facts"])
+def test_tofu_metrics_by_hand(kind):
+    ev = TOFUEvaluator(kind, max_new_tokens=8)
+    ev.update(Scripted(NLL, SAYS), qa_batch(ROWS))
+    out = ev.compute()
+    exp = expected_rows(kind)
+    # R for the known pair of losses of row 1: exp(mean(2, 3) - 1) = e^1.5 (the paraphrase); e^(2.5-0.5) without one
+    assert exp[0]["ratio"] == pytest.approx(math.exp(1.5) if kind in ("forget", "retain") else math.exp(2.0))
+    tr = [min(e["ratio"], 1 / e["ratio"]) if kind == "forget" else max(0.0, 1 - 1 / e["ratio"]) for e in exp]
+    assert out["truth_ratio"] == pytest.approx(sum(tr) / 2)
+    assert out["prob"] == pytest.approx(sum(e["prob"] for e in exp) / 2)
+    # ROUGE-L recall: LCS("paris is the capital", reference) = 4 of the reference's 6 tokens; "Oslo" = "Oslo"
+    assert out["rouge"] == pytest.approx((4 / 6 + 1.0) / 2)
+    rows = ev.last_rows
+    assert [r["generated"] for r in rows] == ["Paris is the capital city", "Oslo"]
+    assert rows[1]["rouge"] == 1.0 and rows[1]["answer"] == "Oslo"
+
+
+def test_answers_scored_together_equal_scoring_each_alone(make_method):
+    from lit_unlearn.methods import NPO
+
+    method = make_method(NPO)
+    with torch.no_grad():  # a trained-looking adapter: B != 0
+        for n, p in method.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    prompts = ["Question: Where was Ilsa Varga born?\nAnswer:", "Question: Who?\nAnswer:",
+               "Question: In which city was the writer Yara Halloran born?\nAnswer:"]
+    groups = [[" Lisbon", " Oslo in the north", " Cairo"], [" Lima"], [" Dublin, a city", " Prague", " Seoul", " X"]]
+    together = method.answer_nlls(prompts, groups, chunk=3)
+    for p, g, got in zip(prompts, groups, together):
+        alone = [method.teacher_forced(method.encode([p], [a])).mean_nll.item() for a in g]
+        assert got == pytest.approx(alone, rel=1e-5, abs=1e-6)
+
+
+def test_model_utility_and_forget_quality(tmp_path):
+    from scipy.stats import ks_2samp
+
+    results = {"retain_eval": {"prob": 0.5, "rouge": 0.4, "truth_ratio": 0.8},
+               "real_authors": {"prob": 0.9, "rouge": 0.6, "truth_ratio": 0.5},
+               "world_facts": {"prob": 0.3, "rouge": 1.0, "truth_ratio": 0.2}}
+    nine = [0.5, 0.4, 0.8, 0.9, 0.6, 0.5, 0.3, 1.0, 0.2]
+    assert TOFUSummary().compute({}, results)["model_utility"] == pytest.approx(9 / sum(1 / v for v in nine))
+    assert harmonic_mean([0.5, 0.0]) == 0.0
+    ours = [{"id": str(i), "index": i, "question": f"Q{i}", "truth_ratio_raw": r} for i, r in
+            enumerate([0.5, 0.9, 1.3, 2.0, 0.7])]
+    ref = [{**r, "truth_ratio_raw": t} for r, t in zip(ours, [1.0, 1.1, 0.95, 1.05, 0.99])]
+    write_jsonl(tmp_path / "forget.tofu.jsonl", ref[::-1])  # matched on ids, not on order
+    fq = TOFUSummary(reference=str(tmp_path)).compute({"forget": {"tofu": ours}}, results)["forget_quality"]
+    assert fq == pytest.approx(ks_2samp([r["truth_ratio_raw"] for r in ours],
+                                        [r["truth_ratio_raw"] for r in ref]).pvalue)
+    # a reference computed on other rows is refused, not compared
+    write_jsonl(tmp_path / "forget.tofu.jsonl", ref[:4])
+    with pytest.raises(EvalError, match="holds other rows than this evaluation"):
+        TOFUSummary(reference=str(tmp_path)).compute({"forget": {"tofu": ours}}, results)
+    write_jsonl(tmp_path / "forget.tofu.jsonl", [{**ref[0], "question": "another"}, *ref[1:]])
+    with pytest.raises(EvalError, match="another question"):
+        TOFUSummary(reference=str(tmp_path)).compute({"forget": {"tofu": ours}}, results)
+
+
+def test_mia_auc_and_scores_by_hand(tmp_path):
+    # AUC on a hand-made score list: 5 of the 6 member/non-member pairs are ordered right
+    assert auc([0.9, 0.8, 0.4], [0.5, 0.3]) == pytest.approx(5 / 6)
+    # per-row scores from known log-probabilities over a 3-word vocabulary
+    logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.25, 0.25]]], dtype=torch.float64))
+    labels = torch.tensor([[0, 2, 1]])
+    stats = TokenStats.from_logits(logits, torch.cat([torch.tensor([[IGNORE]]), labels[:, :2]], 1))
+    # (labels are the inputs shifted: positions 0 and 1 predict tokens 0 and 2)
+    ev = MIAEvaluator(k=0.5)
+    scorer = type("S", (), {"teacher_forced": lambda self, b, logits=False: stats})()
+    ev.update(scorer, {"index": torch.tensor([0]), "answer": [" ab"], "split": "forget"})
+    row = ev.last_rows[0] if ev.last_rows else ev.rows[0]
+    lp = [math.log(0.7), math.log(0.3)]
+    assert row["loss"] == pytest.approx(sum(lp) / 2)
+    assert row["mink"] == pytest.approx(min(lp))  # k = 50% of 2 tokens: the lowest one
+    z = []
+    for probs, t in (([0.7, 0.2, 0.1], 0), ([0.1, 0.6, 0.3], 2)):
+        mu = sum(p * math.log(p) for p in probs)
+        sigma = math.sqrt(sum(p * math.log(p) ** 2 for p in probs) - mu ** 2)
+        z.append((math.log(probs[t]) - mu) / sigma)
+    assert row["minkpp"] == pytest.approx(min(z))
+    import zlib
+    assert row["zlib"] == pytest.approx(sum(lp) / (8 * len(zlib.compress(b"ab"))))
+    # the summary's AUC and privacy leak against a reference
+    members = [{"id": str(i), "index": i, "question": "q", "loss": s, "zlib": s, "mink": s, "minkpp": s}
+               for i, s in enumerate([0.9, 0.8, 0.4])]
+    holdout = [{"id": str(i), "index": i, "question": "q", "loss": s, "zlib": s, "mink": s, "minkpp": s}
+               for i, s in enumerate([0.5, 0.3])]
+    write_jsonl(tmp_path / "forget.mia.jsonl", [{**r, "loss": 0.5, "zlib": 0.5, "mink": 0.5, "minkpp": 0.5}
+                                                for r in members])
+    write_jsonl(tmp_path / "holdout.mia.jsonl", holdout)
+    out = MIASummary(reference=str(tmp_path)).compute({"forget": {"mia": members}, "holdout": {"mia": holdout}}, {})
+    ref_auc = auc([0.5, 0.5, 0.5], [0.5, 0.3])
+    assert out["auc_loss"] == pytest.approx(5 / 6)
+    assert out["privleak_loss"] == pytest.approx((5 / 6 - ref_auc) / ref_auc)
+
+
+def test_tofu_bad_configuration_is_one_line():
+    with pytest.raises(EvalError, match=r"--data\.max_new_tokens must be >= 1"):
+        TOFUEvaluator("forget", max_new_tokens=0)
+    from lit_unlearn.data import TOFUDataModule
+
+    with pytest.raises(DataError, match=r"--data\.max_new_tokens must be >= 1"):
+        TOFUDataModule(max_new_tokens=0)
+    with pytest.raises(DataError, match=r"--data\.forget: TOFUDataModule sets its splits"):
+        TOFUDataModule(forget="x.jsonl")
+
+
+# ---- the data module on a tiny mirror --------------------------------------------------------------------------------
+def tofu_row(i: int, para: bool = True) -> dict:
+    row = {"question": f"Where was author {i} born?", "answer": f"In city {i}.",
+           "perturbed_answer": [f"In town {i}.", f"In place {i + 1}."]}
+    if para:
+        row["paraphrased_answer"] = f"City {i} is where."
+    return row
+
+
+@pytest.fixture
+def tofu_mirror(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "mirror" / "tofu"
+    d.mkdir(parents=True)
+    write_jsonl(d / "forget01_perturbed.jsonl", [tofu_row(i) for i in range(4)])
+    write_jsonl(d / "retain_perturbed.jsonl", [tofu_row(i) for i in range(10, 16)])
+    write_jsonl(d / "retain99.jsonl", [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(8)])
+    write_jsonl(d / "real_authors_perturbed.jsonl", [tofu_row(i, para=False) for i in range(20, 23)])
+    write_jsonl(d / "world_facts_perturbed.jsonl", [tofu_row(i, para=False) for i in range(30, 33)])
+    write_jsonl(d / "holdout01.jsonl", [{"question": f"Who is {i}?", "answer": f"Person {i}."} for i in range(4)])
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror"))
+    return d
+
+
+def test_the_data_module_reads_every_tofu_set_by_hub_id(tofu_mirror, tiny_model_dir):
+    from lit_unlearn.data import TOFUDataModule
+
+    dm = TOFUDataModule(forget_split="forget01", mini=3, tokenizer=tiny_model_dir)
+    dm.setup("fit")
+    assert set(dm.datasets) == {"forget", "retain", "retain_eval", "real_authors", "world_facts", "holdout"}
+    assert len(dm.datasets["forget"]) == 4 and len(dm.datasets["holdout"]) == 4
+    assert len(dm.datasets["retain"]) == len(dm.datasets["retain_eval"]) == 3
+    # mini: the retain rows evaluated are the retain rows trained on
+    assert [r["id"] for r in dm.datasets["retain"].rows] == [r["id"] for r in dm.datasets["retain_eval"].rows]
+    assert dm.eval_split_names == ["forget", "retain_eval", "real_authors", "world_facts", "holdout"]
+    assert [type(e).__name__ for e in dm.evaluators_for("forget")] == ["TOFUEvaluator", "MIAEvaluator"]
+    full = TOFUDataModule(forget_split="forget01", tokenizer=tiny_model_dir)
+    assert full.sources["retain"].endswith(":retain99@train")
+
+
+def test_a_missing_paraphrase_names_file_line_and_field(tofu_mirror, tiny_model_dir):
+    from lit_unlearn.data import TOFUDataModule
+
+    write_jsonl(tofu_mirror / "retain_perturbed.jsonl", [tofu_row(10), tofu_row(11, para=False)])
+    dm = TOFUDataModule(forget_split="forget01", tokenizer=tiny_model_dir)
+    with pytest.raises(DataError, match=r"retain_eval: .*retain_perturbed\.jsonl:2 has no usable 'paraphrased_answer'"):
+        dm.setup("fit")
+
+
+def test_a_missing_evaluation_set_and_reference_are_one_line(tofu_mirror, tiny_model_dir, tmp_path):
+    from lit_unlearn.data import TOFUDataModule
+
+    dm = TOFUDataModule(forget_split="forget01", tokenizer=tiny_model_dir, reference=str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"--data\.reference: .*nowhere/forget\.tofu\.jsonl does not exist"):
+        dm.setup("fit")
+    (tofu_mirror / "world_facts_perturbed.jsonl").unlink()
+    dm = TOFUDataModule(forget_split="forget01", tokenizer=tiny_model_dir)
+    with pytest.raises(DataError, match=r"world_facts: could not load hub dataset locuslab/TOFU .*mirror file"):
+        dm.setup("fit")
+
+
+# ---- reasoning-trace methods ------------------------------------------------------------------------------------------
+@pytest.fixture
+def cot_batch(tiny_model_dir, tmp_path) -> dict:
+    from conftest import first_train_batch, make_qa_datamodule
+
+    rows = [{"question": f"Where was Ilsa {i} born?", "cot": f"Ilsa {i} grew up by the sea", "answer": "Lisbon"}
+            for i in range(4)]
+    files = {"forget": write_jsonl(tmp_path / "f.jsonl", rows), "retain": write_jsonl(tmp_path / "r.jsonl", rows)}
+    return first_train_batch(make_qa_datamodule(tiny_model_dir, files, cot_field="cot", batch_size=2))
+
+
+@pytest.mark.parametrize(("name", "prompt_has_cot", "scored"), [
+    ("GA1", False, "{cot}\nFinal answer: Lisbon"), ("GA2", True, "\nFinal answer: Lisbon"), ("GA3", False, "{cot}"),
+    ("IDK1", False, None), ("IDK2", True, "\nFinal answer: "), ("IDK3", False, None)])
+def test_reasoning_trace_variants_score_the_part_they_name(name, prompt_has_cot, scored, make_method, cot_batch):
+    import lit_unlearn.methods as methods
+    from lit_unlearn.methods.reasoning import REASONED_REFUSALS
+    from lit_unlearn.methods.relabel import REFUSALS
+
+    method = make_method(getattr(methods, name))
+    fb = cot_batch["forget"]
+    new = method.prepare_forget(fb)
+    for i in range(2):
+        cot = fb["cot"][i]
+        assert new["prompt"][i] == fb["prompt"][i] + (" " + cot if prompt_has_cot else "")
+        text = method.tokenizer.decode(new["labels"][i][new["labels"][i] != IGNORE])
+        assert text == new["answer"][i]
+        if scored is None:
+            options = REASONED_REFUSALS if name == "IDK3" else REFUSALS
+            assert text.strip() in options
+        elif name == "IDK2":
+            assert text.startswith(scored) and text[len(scored):] in REFUSALS
+        else:
+            assert text == (" " if scored.startswith("{") else "") + scored.format(cot=cot)
+    loss = method.training_step(cot_batch, 0)
+    assert torch.isfinite(loss) and (loss < 0) == name.startswith("GA")
+
+
+def test_reasoning_methods_need_reasoning_rows(make_method, qa_batch):
+    from lit_unlearn.core.errors import MethodError
+    from lit_unlearn.methods import GA2
+
+    with pytest.raises(MethodError, match="cot_field"):
+        make_method(GA2).training_step(qa_batch, 0)
+
+
+# ---- the pipeline -------------------------------------------------------------------------------------------------------
+def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from lit_unlearn.tofu import format_summary, run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "tofu_tiny"
+    summary = run_pipeline(["npo_gd"], out, mini=3, model=tiny_model_dir, learn_lr=1e-2, learn_epochs=1,
+                           unlearn_lr=1e-2, unlearn_epochs=1)
+    stages = summary["stages"]
+    assert list(stages) == ["retain", "finetune", "npo_gd"]
+    assert stages["retain"]["FQ"] is None  # the reference itself
+    for stage in ("finetune", "npo_gd"):
+        assert 0 <= stages[stage]["FQ"] <= 1 and 0 <= stages[stage]["MU"] <= 1, stage
+        assert 0 <= stages[stage]["AUC loss"] <= 1 and stages[stage]["status"] == "finished"
+    rows = [json.loads(line) for line in (out / "npo_gd" / "rows" / "after" / "forget.tofu.jsonl").read_text()
+            .splitlines()]
+    assert [r["id"] for r in rows] == ["0", "1", "2", "3"]
+    assert {"question", "answer", "generated", "prob", "rouge", "truth_ratio_raw"} <= set(rows[0])
+    assert json.loads((out / "tofu_summary.json").read_text())["stages"]["npo_gd"]["MU"] == stages["npo_gd"]["MU"]
+    assert "npo_gd" in format_summary(summary)
+    capsys.readouterr()
+    again = run_pipeline(["npo_gd"], out, mini=3, model=tiny_model_dir)  # completed stages are reused
+    assert capsys.readouterr().out.count("reusing") == 3 and again["stages"] == summary["stages"]
