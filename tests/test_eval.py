@@ -242,3 +242,21 @@ def test_greedy_generation_batched_with_left_padding_equals_one_by_one(tiny_mode
     single = [greedy_generate(method.lm, method.tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
     assert batched == single and any(batched)
     assert method.lm.training and method.tokenizer.padding_side == "right"  # modes and padding side restored
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+def test_generation_on_an_nf4_base_with_the_adapter_on_and_off(tiny_model_dir_64, make_method):
+    from lit_unlearn.eval import greedy_generate
+    from lit_unlearn.methods import Finetune
+
+    method = make_method(Finetune, model_dir=tiny_model_dir_64, quantize="nf4")
+    with torch.no_grad():  # a trained-looking adapter, so "on" and "off" differ
+        for n, p in method.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 1.0)
+    prompts = ["Question: Where was Ilsa Varga born?\nAnswer:", "Question: Where?\nAnswer:", "neutral unknown"]
+    on = method.generate(prompts, max_new_tokens=5, batch_size=2)
+    assert on == [method.generate([p], max_new_tokens=5)[0] for p in prompts]
+    with method.adapter.disabled(method.lm):
+        off = greedy_generate(method.lm, method.tokenizer, prompts, max_new_tokens=5, batch_size=3)
+    assert off != on  # the adapter is really off
