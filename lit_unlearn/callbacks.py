@@ -71,7 +71,9 @@ class CollapseGuard(L.Callback):
         self._restore(pl_module)
         self.tripped = True
         trainer.should_stop = True
-        event = {"step": trainer.global_step, "reason": reason, "restored_step": self._good_step}
+        event = {"step": trainer.global_step, "reason": reason, "restored_step": self._good_step,
+                 # what the collapsed model scored (the evaluation that tripped the floor), before the restore
+                 "evaluation": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
         events = getattr(pl_module, "collapse_events", None)
         if events is None:
             events = pl_module.collapse_events = []

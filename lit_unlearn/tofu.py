@@ -102,22 +102,35 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
 
 
 def summarize(record: dict) -> dict:
+    """One table row: the evaluation after fit; for a run the collapse guard stopped, also the evaluation that
+    tripped it (the collapsed model, before the guard restored the last good adapter)."""
     after = record["metrics"].get("after", {})
     row = {label: after.get(split, {}).get(key) for split, key, label in COLUMNS}
     row["status"] = record.get("status", "finished")
     row["wall_time_s"] = record.get("wall_time_s", {})
+    events = record["metrics"].get("collapse_events") or []
+    if events and events[-1].get("evaluation"):
+        tripped = events[-1]["evaluation"]
+        row["collapsed"] = {label: tripped.get(f"val/{split}/{key}") for split, key, label in COLUMNS}
+        row["collapsed"]["step"] = events[-1]["step"]
     return row
 
 
 def format_summary(summary: dict) -> str:
     labels = [label for _, _, label in COLUMNS]
+
+    def cells(values: dict) -> str:
+        return "".join(f"{'-':>11}" if values.get(label) is None else f"{values[label]:>11.3g}" if label == "FQ"
+                       else f"{values[label]:>11.3f}" for label in labels)
+
     lines = [f"{'stage':<12}" + "".join(f"{label:>11}" for label in labels) + f"{'fit s':>8}{'eval s':>8}"]
     for stage, row in summary["stages"].items():
-        cells = "".join(f"{'-':>11}" if row[label] is None else
-                        f"{row[label]:>11.3g}" if label == "FQ" else f"{row[label]:>11.3f}" for label in labels)
         wall = row["wall_time_s"]
-        lines.append(f"{stage:<12}{cells}{wall.get('fit', 0):>8.0f}{wall.get('eval_after', 0):>8.0f}"
+        lines.append(f"{stage:<12}{cells(row)}{wall.get('fit', 0):>8.0f}{wall.get('eval_after', 0):>8.0f}"
                      + ("" if row["status"] == "finished" else f"  ({row['status']})"))
+        if "collapsed" in row:
+            lines.append(f"{'  tripped':<12}{cells(row['collapsed'])}  (step {row['collapsed']['step']}, before "
+                         "the guard restored the last good adapter)")
     return "\n".join(lines)
 
 

@@ -226,6 +226,7 @@ def test_collapse_guard_stops_at_the_retain_floor_and_restores(learned_model_dir
     start = record["before"]["retain"]["acc"]
     events = record["collapse_events"]
     assert len(events) == 1 and "below the floor" in events[0]["reason"]
+    assert events[0]["evaluation"]["val/retain/acc"] < 0.5 * start  # what the collapsed model scored
     assert events[0]["restored_step"] < events[0]["step"]
     assert record["global_step"] < 12  # stopped early
     # the restored weights are the last ones that passed the floor

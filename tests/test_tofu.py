@@ -309,3 +309,16 @@ def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model
     capsys.readouterr()
     again = run_pipeline(["npo_gd"], out, mini=3, model=tiny_model_dir)  # completed stages are reused
     assert capsys.readouterr().out.count("reusing") == 3 and again["stages"] == summary["stages"]
+
+
+def test_the_summary_shows_what_a_collapsed_run_scored_before_the_restore():
+    from lit_unlearn.tofu import format_summary, summarize
+
+    record = {"status": "collapsed", "wall_time_s": {"fit": 10.0, "eval_after": 5.0}, "metrics": {
+        "after": {"tofu": {"model_utility": 0.31, "forget_quality": 0.0005}},
+        "collapse_events": [{"step": 25, "reason": "floor", "restored_step": 0,
+                             "evaluation": {"val/tofu/model_utility": 0.0, "val/tofu/forget_quality": 0.92}}]}}
+    row = summarize(record)
+    assert row["MU"] == 0.31 and row["collapsed"]["MU"] == 0.0 and row["collapsed"]["FQ"] == 0.92
+    text = format_summary({"stages": {"grad_ascent": row}})
+    assert "(collapsed)" in text and "tripped" in text and "step 25" in text
