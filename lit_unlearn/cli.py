@@ -200,12 +200,16 @@ class UnlearnCLI(LightningCLI):
 
     def after_fit(self) -> None:
         self.timings["fit"] = round(time.time() - self._fit_t0, 2)
-        t0 = time.time()
-        self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-        self.timings["eval_after"] = round(time.time() - t0, 2)
+        events = getattr(self.model, "collapse_events", [])
+        if self.model.last_eval_at == ("fit", self.trainer.global_step) and not events:
+            # the loop evaluated these very weights at its last step: that evaluation is the one after fit
+            self.timings["eval_after"] = 0.0
+        else:
+            t0 = time.time()
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+            self.timings["eval_after"] = round(time.time() - t0, 2)
         after = self.model.last_eval
         self._write_rows("after")
-        events = getattr(self.model, "collapse_events", [])
         finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters() if p.requires_grad)
         self.status = "finished" if finite and not events else "collapsed" if finite else "diverged"
         run_dir = self._run_dir()

@@ -89,6 +89,8 @@ def test_ddp_in_loop_metrics_equal_single_process_eval(tiny_model_dir, data_dir,
     run_dir = next((tmp_path / "logs" / "runs").iterdir())
     record = metrics_of(run_dir)
     ddp_after = record["after"]
+    # the loop evaluated the final weights at its last step; that evaluation is the one after fit, not run twice
+    assert json.loads((run_dir / "metrics.json").read_text())["wall_time_s"]["eval_after"] == 0.0
     assert set(ddp_after) == {"forget", "retain", "extra"}
     assert record["best_checkpoint"] and Path(record["best_checkpoint"]).is_file()
     last = run_dir / "checkpoints" / "last.ckpt"

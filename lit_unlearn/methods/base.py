@@ -126,6 +126,7 @@ class UnlearningMethod(L.LightningModule):
         self.tokenizer = None
         self.suite: EvalSuite | None = None
         self.last_eval: dict[str, dict[str, float]] = {}
+        self.last_eval_at: tuple | None = None
         self.reference_cache = ReferenceCache()
         self.run_id: str | None = None  # set by the CLI; saved in checkpoints, so a resumed run keeps its id
         self._head: tuple[nn.Module | None] | None = None  # (lean head or None,) once checked; a tuple: no submodule
@@ -307,6 +308,8 @@ class UnlearningMethod(L.LightningModule):
         if flat:
             self.log_dict(flat, sync_dist=False)
         self.last_eval = results
+        # which weights it describes: (the trainer function it ran in, the optimizer step)
+        self.last_eval_at = (self.trainer.state.fn, self.trainer.global_step)
 
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
