@@ -16,8 +16,8 @@ after, so the retain and unlearning stages skip their evaluation before fit (``-
 unlearning stages' collapse-guard floor, half the retain probability of the learned model, is set from the learn
 stage's evaluation).
 
-A stage whose run directory already holds a completed run is reused (an interrupted one is resumed), so adding a
-method reruns only that method. The table (forget quality, model utility, the forget set's probability / ROUGE /
+A stage whose run directory already holds a completed run is reused (an interrupted or killed one is resumed from
+its last checkpoint), so adding a method reruns only that method. The table (forget quality, model utility, the forget set's probability / ROUGE /
 truth ratio, MIA AUC and privacy leak, wall times) is printed and written to ``<out>/tofu_summary.json``.
 """
 
@@ -58,8 +58,8 @@ def run_stage(stage: str, out: Path, extra: list[str], mini: int | None) -> dict
         args += ["--config", str(CONFIG_DIR / "mini.yaml"), "--data.init_args.mini", str(mini)]
     args += ["--trainer.logger.init_args.save_dir", str(out.parent), "--trainer.logger.init_args.name", out.name,
              "--trainer.logger.init_args.version", stage, *extra]
-    if status == "interrupted":
-        args += ["--ckpt_path", "last"]
+    if status == "interrupted" or (status is None and (run_dir / "checkpoints" / "last.ckpt").is_file()):
+        args += ["--ckpt_path", "last"]  # stopped by a signal, or killed: continue from its last checkpoint
     cli = cli_main(args)
     if cli.exit_code not in (0, 3):
         raise SystemExit(cli.exit_code)
