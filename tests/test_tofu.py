@@ -286,6 +286,39 @@ def test_reasoning_methods_need_reasoning_rows(make_method, qa_batch):
         make_method(GA2).training_step(qa_batch, 0)
 
 
+# ---- eval.py on a plain model ------------------------------------------------------------------------------------------
+def test_eval_py_puts_a_plain_model_through_the_tofu_evaluators(tofu_mirror, tiny_model_dir, tmp_path, monkeypatch):
+    """``eval.py`` with the shipped TOFU configs on a model directory, no run and no checkpoint, without an adapter
+    and with one: every evaluation set scored, the generations written beside ``eval_metrics.json``, the aggregates
+    in TensorBoard. A fresh LoRA is the identity, so the model with it scores what the model without it scores."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lit_unlearn.cli import eval_main
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).resolve().parents[1] / "configs" / "tofu"
+    scores = {}
+    for adapter in ("null", "LoRA"):
+        cli = eval_main(["--config", str(configs / "base.yaml"), "--config", str(configs / "mini.yaml"),
+                         "--model.init_args.model", tiny_model_dir, "--model.init_args.init_adapter", "null",
+                         "--model.init_args.adapter", adapter, "--data.init_args.mini", "3",
+                         "--data.init_args.reference", "null", "--data.init_args.max_new_tokens", "4",
+                         "--trainer.logger.init_args.save_dir", str(tmp_path / adapter)])
+        assert (cli.model.adapter is None) == (adapter == "null")
+        scores[adapter] = got = cli.model.last_eval
+        assert set(got) == {"forget", "retain_eval", "real_authors", "world_facts", "holdout", "tofu", "mia"}
+        assert 0 <= got["tofu"]["model_utility"] <= 1 and "forget_quality" not in got["tofu"]  # no reference given
+        run_dir = tmp_path / adapter / "tofu" / "base"
+        assert json.loads((run_dir / "eval_metrics.json").read_text())["metrics"]["eval"]["tofu"] == got["tofu"]
+        rows = [json.loads(line) for line in (run_dir / "rows" / "eval" / "real_authors.tofu.jsonl").read_text()
+                .splitlines()]
+        assert len(rows) == 3 and {"question", "answer", "generated", "prob", "rouge"} <= set(rows[0])
+        assert "val/tofu/model_utility" in EventAccumulator(str(run_dir)).Reload().Tags()["scalars"]
+    for split, values in scores["null"].items():
+        for name, v in values.items():
+            assert scores["LoRA"][split][name] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, name)
+
+
 # ---- the pipeline -------------------------------------------------------------------------------------------------------
 def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model_dir, tmp_path, monkeypatch, capsys):
     from lit_unlearn.tofu import format_summary, run_pipeline
