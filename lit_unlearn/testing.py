@@ -18,10 +18,13 @@ _CORPUS = [
     "neutral unknown I don't know. I'm not able to answer that. Oslo Cairo Lima Dublin Prague Seoul Vienna",
     "The quick brown fox jumps over the lazy dog. 0123456789 ,.;:!?'\"()-",
 ]
+#: multiple-choice lines: with ``letters=True`` the tokenizer learns " A" .. " D" as single tokens
+_MCQ_CORPUS = ["When was Ada born?\nA. 1961\nB. 1958\nC. 1965\nD. 1994\nAnswer: A B C D"] * 8
 
 
-def make_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on a few lines; pad = EOS, as in many chat models."""
+def make_tokenizer(vocab_size: int = 320, letters: bool = False):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on a few lines; pad = EOS, as in many chat models.
+    ``letters``: also on multiple-choice lines, so the answer letters " A" .. " D" are one token each."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -30,7 +33,7 @@ def make_tokenizer(vocab_size: int = 320):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.train_from_iterator(_CORPUS * 4 + (_MCQ_CORPUS if letters else []), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
 
 
@@ -44,13 +47,14 @@ def tiny_llama_config(vocab_size: int, hidden_size: int = 32, layers: int = 2, h
                        max_position_embeddings=max_positions, tie_word_embeddings=False, **extra)
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, **config_kwargs) -> Path:
-    """Save a tokenizer and a seeded random tiny Llama to ``out_dir``; returns the directory."""
+def make_tiny_model(out_dir: str | Path, seed: int = 0, letters: bool = False, **config_kwargs) -> Path:
+    """Save a tokenizer (``letters``: see :func:`make_tokenizer`) and a seeded random tiny Llama to ``out_dir``;
+    returns the directory."""
     from transformers import LlamaForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer()
+    tok = make_tokenizer(letters=letters)
     cfg = tiny_llama_config(len(tok), **config_kwargs)
     cfg.pad_token_id = tok.pad_token_id
     cfg.eos_token_id = tok.eos_token_id

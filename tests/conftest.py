@@ -82,6 +82,14 @@ def tiny_model_dir_64(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def mcq_model_dir(tmp_path_factory) -> str:
+    """The tiny Llama with a tokenizer whose multiple-choice answer letters " A" .. " D" are single tokens."""
+    from lit_unlearn.testing import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny_mcq"), letters=True))
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir):
     from lit_unlearn.models import load_tokenizer
 

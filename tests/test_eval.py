@@ -30,11 +30,14 @@ RETAIN = [("a film", 1, "positive"), ("long and dull", 0, "negative"), ("a gripp
 
 def sst2_module(model_dir: str, data_dir: str, name: str, world: tuple[int, int] = (1, 0)):
     """A data module whose two splits run evaluator ``name``, set up, with loaders sharded as rank ``world[1]``:
-    SST-2 rows for the label evaluator, TOFU-style QA rows (paraphrased and perturbed answers) for the others."""
-    from lit_unlearn.data import QADataModule, SST2DataModule
+    SST-2 rows for the label evaluator, multiple-choice rows for mcq, TOFU-style QA rows (paraphrased and perturbed
+    answers) for the others."""
+    from lit_unlearn.data import MCQDataModule, QADataModule, SST2DataModule
 
     if name == "label":
         files, cls = {s: str(Path(data_dir) / f"{s}.csv") for s in ("forget", "retain")}, SST2DataModule
+    elif name == "mcq":
+        files, cls = {s: str(Path(data_dir) / f"{s}.mcq.jsonl") for s in ("forget", "retain")}, MCQDataModule
     else:
         files, cls = {s: str(Path(data_dir) / f"{s}.jsonl") for s in ("forget", "retain")}, QADataModule
     dm = cls(**files, tokenizer=model_dir, eval_batch_size=2, evaluators={"forget": [name], "retain": [name]})
@@ -90,6 +93,9 @@ def data_dir(tmp_path_factory) -> str:
         write_jsonl(d / f"{split}.jsonl", [
             {"question": f"What is said of {text}?", "answer": label, "paraphrased_answer": f"it is {label}",
              "perturbed_answer": ["neutral", f"not {label}"]} for text, _, label in rows])
+        write_jsonl(d / f"{split}.mcq.jsonl", [
+            {"question": f"What is said of {text}?", "choices": ["positive", "negative", "neutral", "mixed"],
+             "answer": 1 - y} for text, y, _ in rows])
     return str(d)
 
 

@@ -108,7 +108,7 @@ def test_registries_are_derived_from_the_classes():
     assert methods.ALL_METHODS == tuple(methods.METHODS.values())
     assert all(getattr(methods, name) is cls for name, cls in methods.METHODS.items())  # importable by name
     assert set(adapters.ADAPTERS) == {"LoRA"}
-    assert set(evaluation.EVALUATORS) == {"answer", "label", "tofu", "mia"}
+    assert set(evaluation.EVALUATORS) == {"answer", "label", "tofu", "mia", "mcq"}
 
     class LocalMethod(methods.GradAscent):  # defined outside the package: not a registered method
         pass

@@ -9,11 +9,13 @@ from lit_unlearn.eval.answer import AnswerEvaluator
 from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer, gather_rows
 from lit_unlearn.eval.generate import greedy_generate
 from lit_unlearn.eval.label import LabelEvaluator
+from lit_unlearn.eval.mcq import MCQEvaluator
 from lit_unlearn.eval.mia import MIAEvaluator, MIASummary
 from lit_unlearn.eval.suite import EvalSuite, format_table
 from lit_unlearn.eval.tofu import TOFUEvaluator, TOFUSummary
 
 EVALUATORS: dict[str, type[Evaluator]] = {cls.name: cls for cls in subclasses_in(Evaluator, __name__).values()}
 
-__all__ = ["EVALUATORS", "Aggregate", "AnswerEvaluator", "EvalSuite", "Evaluator", "LabelEvaluator", "MIAEvaluator",
-           "MIASummary", "Scorer", "TOFUEvaluator", "TOFUSummary", "format_table", "gather_rows", "greedy_generate"]
+__all__ = ["EVALUATORS", "Aggregate", "AnswerEvaluator", "EvalSuite", "Evaluator", "LabelEvaluator", "MCQEvaluator",
+           "MIAEvaluator", "MIASummary", "Scorer", "TOFUEvaluator", "TOFUSummary", "format_table", "gather_rows",
+           "greedy_generate"]

@@ -46,6 +46,9 @@ class Scorer(Protocol):
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy continuations of ``prompts`` (:func:`lit_unlearn.eval.generate.greedy_generate`)."""
 
+    def next_token_logits(self, prompts: list[str], token_ids: list[int]) -> torch.Tensor:
+        """(N, len(token_ids)) float32 logits of the token after each prompt, at ``token_ids`` only."""
+
 
 def gather_rows(rows: list[dict]) -> list[dict]:
     """Every rank's rows on every rank (a collective under DDP: all ranks must call it); unchanged otherwise."""

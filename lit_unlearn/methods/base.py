@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from lit_unlearn.adapters.base import Adapter
 from lit_unlearn.core.errors import MethodError
 from lit_unlearn.core.scoring import TokenStats
-from lit_unlearn.core.tokens import IGNORE, encode_batch
+from lit_unlearn.core.tokens import IGNORE, collate, encode_batch
 from lit_unlearn.eval import EvalSuite, greedy_generate
 from lit_unlearn.methods.assembly import assemble, export_merged
 from lit_unlearn.methods.optim import Schedule, build_optimization
@@ -275,6 +275,41 @@ class UnlearningMethod(L.LightningModule):
         for g in groups:
             out.append(values[start:start + len(g)])
             start += len(g)
+        return out
+
+    @torch.no_grad()
+    def next_token_logits(self, prompts: list[str], token_ids: list[int], chunk: int = 32) -> Tensor:
+        """(N, len(token_ids)) float32 logits of the token that follows each prompt, at ``token_ids`` only (the
+        letters of a multiple-choice question). Prompts are tokenized as the data modules tokenize them, batched by
+        length with right padding, and read at each row's last real position; with the lean head only those
+        positions and those vocabulary rows go through the head. Dropout is off."""
+        enc = [self.tokenizer(p, add_special_tokens=True)["input_ids"][-self.max_length:] for p in prompts]
+        order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+        out = torch.zeros(len(enc), len(token_ids), dtype=torch.float32)
+        ids = torch.tensor(token_ids, device=self.device)
+        with eval_mode(self.lm):
+            for s in range(0, len(order), chunk):
+                idx = order[s:s + chunk]
+                rows = [{"input_ids": enc[i], "labels": enc[i]} for i in idx]
+                batch = collate(rows, self.tokenizer.pad_token_id)
+                batch = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
+                extra = self.adapter.forward_kwargs(batch) if self.adapter is not None else {}
+                inputs = dict(batch, use_cache=False, **extra)
+                head = self._lean_head(inputs, probe_one_row=not extra)
+                last = batch["attention_mask"].sum(-1) - 1
+                rows_at = torch.arange(len(idx), device=self.device)
+                if head is None:
+                    logits = self.lm(**inputs).logits
+                    # soft prompts prepend virtual positions: the real tokens are the last T of the sequence
+                    z = logits[rows_at, last + logits.size(1) - batch["input_ids"].size(1)][:, ids]
+                else:
+                    with capture_head_input(head) as seen:
+                        self.lm(**inputs)
+                    hidden = seen[-1]
+                    h = hidden[rows_at, last + hidden.size(1) - batch["input_ids"].size(1)]
+                    z = F.linear(h.to(head.weight.dtype), head.weight[ids],
+                                 None if head.bias is None else head.bias[ids])
+                out[idx] = z.float().cpu()
         return out
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
