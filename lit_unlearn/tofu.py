@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="npo_gd",
                         help="comma-separated unlearning configs of configs/tofu/ (grad_ascent, graddiff, npo, "
-                             "npo_gd, npo_kl, simnpo, idk)")
+                             "npo_gd, npo_kl, simnpo, idk, rmu)")
     parser.add_argument("--mini", type=int, default=None, help="the CPU-sized setting with N retain rows (e.g. 40)")
     parser.add_argument("--out", default=None, help="run folder (default checkpoints/tofu_run, or tofu_mini)")
     parser.add_argument("--model", default=None, help="base model (default: the configs' SmolLM2-135M-Instruct)")

@@ -139,6 +139,10 @@ def first_train_batch(dm) -> dict:
     return item[0] if isinstance(item, tuple) else item
 
 
+#: constructor arguments a method needs on the 2-layer tiny model (its defaults name deeper layers)
+TINY_KWARGS = {"RMU": {"layer": 1}}
+
+
 @pytest.fixture
 def make_method(tiny_model_dir):
     """``make_method(cls, adapter="lora", **kwargs)``: a method on the tiny model, ``configure_model()`` done."""
@@ -147,6 +151,7 @@ def make_method(tiny_model_dir):
     def _make(cls, adapter="lora", model_dir: str | None = None, **kwargs):
         if adapter == "lora":
             adapter = LoRA(r=4, alpha=8)
+        kwargs = {**TINY_KWARGS.get(cls.__name__, {}), **kwargs}
         torch.manual_seed(0)  # LoRA A is randomly initialised
         method = cls(model=model_dir or tiny_model_dir, adapter=adapter, **kwargs)
         method.configure_model()

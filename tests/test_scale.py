@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import FORGET_ROWS, REPO_ROOT, RETAIN_ROWS, write_jsonl
+from conftest import FORGET_ROWS, REPO_ROOT, RETAIN_ROWS, TINY_KWARGS, write_jsonl
 from lit_unlearn.checkpoints import AtomicCheckpointIO
 from lit_unlearn.cli import cli_main, eval_main
 from lit_unlearn.methods import ALL_METHODS
@@ -114,7 +114,7 @@ def test_every_method_trains_and_evaluates_under_ddp(tiny_model_dir, data_dir, t
     for cls in ALL_METHODS:
         name = cls.__name__
         configs[name] = config(tmp_path / f"{name}.yaml", tiny_model_dir, data_dir, tmp_path / "logs",
-                               {"class_path": name},
+                               {"class_path": name, **TINY_KWARGS.get(name, {})},
                                trainer={"max_epochs": 1, "strategy": "ddp", "devices": 2,
                                         "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                                    "init_args": {"save_dir": str(tmp_path / "logs"), "name": name}}},

@@ -8,7 +8,10 @@ folded in as a plain transformers directory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+from torch import nn
 
 from lit_unlearn.adapters.base import Adapter
 from lit_unlearn.adapters.lora import merge_saved_adapter
@@ -16,13 +19,17 @@ from lit_unlearn.models.loading import AttnBackend, Quantize, load_causal_lm, lo
 
 
 def assemble(model: str, adapter: Adapter | None, init_adapter: str | None, dtype: str, quantize: Quantize,
-             attn_backend: AttnBackend, trust_remote_code: bool):
-    """``(lm, tokenizer)``: the model to train, in train mode, and its tokenizer (pad = EOS where it has no pad)."""
+             attn_backend: AttnBackend, trust_remote_code: bool, check_base: Callable[[nn.Module], None] | None = None):
+    """``(lm, tokenizer)``: the model to train, in train mode, and its tokenizer (pad = EOS where it has no pad).
+    ``check_base`` sees the base (``init_adapter`` merged) before the adapter is applied: a method's chance to refuse
+    a model it cannot work on with its own message."""
     tokenizer = load_tokenizer(model, trust_remote_code)
     base = load_causal_lm(model, dtype, quantize, attn_backend, trust_remote_code)
     base.config.pad_token_id = tokenizer.pad_token_id
     if init_adapter:
         base = merge_saved_adapter(base, init_adapter)
+    if check_base is not None:
+        check_base(base)
     if adapter is None:
         base.requires_grad_(True)
         lm = base

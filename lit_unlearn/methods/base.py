@@ -138,7 +138,12 @@ class UnlearningMethod(L.LightningModule):
         """Load the base (and tokenizer), merge ``init_adapter``, apply the adapter. Idempotent."""
         if self.lm is None:
             self.lm, self.tokenizer = assemble(self.model_name, self.adapter, self.init_adapter, self.dtype_name,
-                                               self.quantize, self.attn_backend, self.trust_remote_code)
+                                               self.quantize, self.attn_backend, self.trust_remote_code,
+                                               self.check_base)
+
+    def check_base(self, base: nn.Module) -> None:
+        """Called with the loaded base before the adapter is applied: raise a :class:`MethodError` naming the flag
+        if this method cannot work on it (e.g. a layer index past its depth). Default: nothing to check."""
 
     @property
     def needs_logits(self) -> bool:
