@@ -134,6 +134,27 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(summary: dict) -> str:
+    """The summary as a Markdown table (docs/results/tofu.md): one row per stage, and for a run the collapse guard
+    stopped, a row with what the collapsed model scored when the guard tripped."""
+    labels = [label for _, _, label in COLUMNS]
+
+    def cell(label: str, value) -> str:
+        return "-" if value is None else f"{value:.3g}" if label == "FQ" else f"{value:.3f}"
+
+    lines = ["| stage | " + " | ".join(labels) + " | fit s | eval s |", "|---" * (len(labels) + 3) + "|"]
+    for stage, row in summary["stages"].items():
+        wall = row["wall_time_s"]
+        name = stage if row["status"] == "finished" else f"{stage} ({row['status']}: restored)"
+        lines.append(f"| {name} | " + " | ".join(cell(k, row.get(k)) for k in labels)
+                     + f" | {wall.get('fit', 0):.0f} | {wall.get('eval_after', 0):.0f} |")
+        if "collapsed" in row:
+            tripped = row["collapsed"]
+            lines.append(f"| {stage} at the trip (step {tripped['step']}) | "
+                         + " | ".join(cell(k, tripped.get(k)) for k in labels) + " | | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="npo_gd",
@@ -147,11 +168,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--unlearn-lr", type=float, default=None, help="lr of the unlearning stages")
     parser.add_argument("--unlearn-epochs", type=int, default=None, help="epochs of the unlearning stages")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = parser.parse_args(argv)
     out = args.out or ("checkpoints/tofu_mini" if args.mini else "checkpoints/tofu_run")
     summary = run_pipeline([m for m in args.methods.split(",") if m], out, args.mini, args.model, args.learn_lr,
                            args.learn_epochs, args.unlearn_lr, args.unlearn_epochs, args.seed)
     print("\n" + format_summary(summary))
+    if args.markdown:
+        print("\n" + format_markdown(summary))
     print(f"[lit_unlearn] tofu: {Path(out) / 'tofu_summary.json'}")
     return summary
 

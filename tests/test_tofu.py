@@ -345,7 +345,7 @@ def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model
 
 
 def test_the_summary_shows_what_a_collapsed_run_scored_before_the_restore():
-    from lit_unlearn.tofu import format_summary, summarize
+    from lit_unlearn.tofu import format_markdown, format_summary, summarize
 
     record = {"status": "collapsed", "wall_time_s": {"fit": 10.0, "eval_after": 5.0}, "metrics": {
         "after": {"tofu": {"model_utility": 0.31, "forget_quality": 0.0005}},
@@ -355,3 +355,6 @@ def test_the_summary_shows_what_a_collapsed_run_scored_before_the_restore():
     assert row["MU"] == 0.31 and row["collapsed"]["MU"] == 0.0 and row["collapsed"]["FQ"] == 0.92
     text = format_summary({"stages": {"grad_ascent": row}})
     assert "(collapsed)" in text and "tripped" in text and "step 25" in text
+    lines = format_markdown({"stages": {"grad_ascent": row}}).splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| grad_ascent (collapsed: restored) | 0.0005 | 0.310 |")
+    assert lines[3].startswith("| grad_ascent at the trip (step 25) | 0.92 | 0.000 |")
