@@ -153,3 +153,62 @@ def test_eval_py_scores_mmlu_by_hub_id_on_a_plain_model(mcq_model_dir, tmp_path,
             .read_text().splitlines()]
     assert len(rows) == 6 and all(len(r["logits"]) == 4 and 0 <= r["gold"] < 4 for r in rows)
     assert scores["algebra"]["mcq_acc"] == sum(r["pred"] == r["gold"] for r in rows) / 6
+
+
+# ---- the Deeb & Roger data sets -----------------------------------------------------------------------------------------
+def write_deeb_roger(root, splits=range(4)) -> None:
+    """A tiny copy of the repository's ``data/random_bd`` layout: per split 2 questions and 2 corpus lines of each kind."""
+    d = root / "random_bd"
+    d.mkdir(parents=True)
+    for i in splits:
+        write_jsonl(d / f"split_{i}.jsonl", [{"question": f"When was P{i}{k} born?", "choices": [1, 2, 3, 4],
+                                               "answer": k} for k in range(2)])
+        for kind in ("corpus_", "whp_corpus_", "fwf_corpus_"):
+            write_jsonl(d / f"{kind}split_{i}.jsonl", [{"text": f"{kind}P{i}{k} was born in {k}.", "split": f"split_{i}"}
+                                                      for k in range(2)])
+
+
+def test_deeb_roger_splits_by_index_from_a_local_folder(tmp_path, tokenizer):
+    from lit_unlearn.data import DeebRogerDataModule
+
+    write_deeb_roger(tmp_path / "data")
+    dm = DeebRogerDataModule(source=str(tmp_path / "data"), forget_splits=[0, 2], retain_splits=[3],
+                             forget_corpus="whp_corpus", tokenizer=tokenizer.name_or_path)
+    dm.setup("fit")
+    forget = dm.datasets["forget"].rows
+    # two sources read as one split: ids count on across them; the wrong-fact corpus of splits 0 and 2
+    assert [r["id"] for r in forget] == ["0", "1", "2", "3"]
+    assert [r["answer"] for r in forget] == [f"whp_corpus_P{i}{k} was born in {k}." for i in (0, 2) for k in (0, 1)]
+    assert all(r["prompt"] == "" for r in forget) and forget[0]["labels"][1:] == forget[0]["input_ids"][1:]
+    assert [r["answer"] for r in dm.datasets["retain"].rows] == [f"corpus_P3{k} was born in {k}." for k in (0, 1)]
+    assert [r["subject"] for r in dm.datasets["forget_mcq"].rows] == ["split_0", "split_0", "split_2", "split_2"]
+    assert dm.eval_split_names == ["forget_mcq", "retain_mcq"]  # the corpora are trained on, not evaluated
+    assert dm.tradeoff_splits == ("forget_mcq", "retain_mcq")
+
+
+def test_deeb_roger_random_birthdays_by_name_from_the_mirror(tokenizer):
+    """The shipped default names the files as ``aghyad-deeb/unlearning_evaluation:random_bd@<file>`` (the mirror)."""
+    from lit_unlearn.data import DeebRogerDataModule
+
+    dm = DeebRogerDataModule(tokenizer=tokenizer.name_or_path, max_length=512)
+    assert dm.sources["forget_mcq"][0] == "aghyad-deeb/unlearning_evaluation:random_bd@split_0"
+    dm.setup("fit")
+    sizes = {k: len(v) for k, v in dm.datasets.items()}
+    assert sizes["forget_mcq"] == sizes["retain_mcq"] == 5 * 157
+    assert {r["subject"] for r in dm.datasets["retain_mcq"].rows} == {f"split_{i}" for i in range(5, 10)}
+    assert dm.datasets["forget"].rows[0]["answer"] == "Aidan Li was born in 1965."
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"forget_splits": [0, 1], "retain_splits": [1, 2]}, r"--data.forget_splits and --data.retain_splits share "
+                                                         r"split 1"),
+    ({"forget_corpus": "wrong"}, r"--data.forget_corpus must be corpus, whp_corpus or fwf_corpus"),
+    ({"forget_splits": [7]}, r"forget: file .*corpus_split_7.jsonl does not exist"),
+])
+def test_bad_deeb_roger_settings_are_one_line(kwargs, message, tmp_path, tokenizer):
+    from lit_unlearn.data import DeebRogerDataModule
+
+    write_deeb_roger(tmp_path / "data")
+    with pytest.raises(DataError, match=message):
+        DeebRogerDataModule(source=str(tmp_path / "data"), tokenizer=tokenizer.name_or_path,
+                            **{"forget_splits": [0], "retain_splits": [3], **kwargs}).setup("fit")

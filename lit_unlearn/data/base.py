@@ -72,9 +72,9 @@ class ForgetRetainDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        forget: str | None = None,
-        retain: str | None = None,
-        eval_splits: dict[str, str] | None = None,
+        forget: str | list[str] | None = None,
+        retain: str | list[str] | None = None,
+        eval_splits: dict[str, str | list[str]] | None = None,
         tokenizer: str = DEFAULT_MODEL,
         max_length: int = 256,
         batch_size: int = 8,
@@ -94,7 +94,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
         Args:
             forget: the forget set (required): a local file (.jsonl/.json/.csv/.tsv/.parquet) or a hub id
                 owner/name[:config][@split], read from the local mirror when ``$LIT_UNLEARN_DATA`` is set.
-            retain: the retain set (same forms); None trains on forget data alone.
+            retain: the retain set (same forms); None trains on forget data alone. Any split may also be a list of
+                sources, read one after the other as one split.
             eval_splits: extra evaluation-only splits, name -> source (e.g. ``test_forget: owner/name@test_forget``).
             tokenizer: model name whose tokenizer is used (linked from ``model.model`` by the CLI).
             max_length: longest prompt+answer in tokens (linked to the method's ``max_length``).
@@ -182,16 +183,31 @@ class ForgetRetainDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Fetch hub datasets into the ``datasets`` cache once (Lightning runs this on one process per node)."""
-        for split, name in self.sources.items():
-            resolve(name, split).prepare()
+        for split in self.sources:
+            for name in self._names(split):
+                resolve(name, split).prepare()
         for split, name in self.weights.items():
             resolve(name, f"weights.{split}").prepare()
 
+    def _names(self, split: str) -> list[str]:
+        names = self.sources[split]
+        return [names] if isinstance(names, str) else list(names)
+
+    def read_rows(self, split: str) -> list[dict]:
+        """The raw rows of ``split``: its source, or its sources one after the other (``_index`` counts on across
+        them, so the ids stay unique and stable for one list of sources; ``_source`` names each row's source)."""
+        raw: list[dict] = []
+        for name in self._names(split):
+            part = resolve(name, split).read(split)
+            if not part:
+                raise DataError(f"{split}: split {name} is empty")
+            offset = len(raw)
+            raw += [{**r, "_index": offset + r["_index"], "_source": name} for r in part]
+        return raw
+
     def load_split(self, split: str) -> RowsDataset:
-        name = self.sources[split]
-        raw = resolve(name, split).read(split)
-        if not raw:
-            raise DataError(f"{split}: split {name} is empty")
+        name = "+".join(self._names(split))
+        raw = self.read_rows(split)
         limit = self._limit(split)
         if limit is not None and limit < len(raw):
             keep = sorted(random.Random(f"{self.seed}:{name}").sample(range(len(raw)), limit))

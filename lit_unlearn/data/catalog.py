@@ -62,6 +62,9 @@ CATALOG: dict[str, Rule] = {r.repo: r for r in (
          else None),
     Rule("cais/mmlu", lambda c, s: f"mmlu/{s}/{c}_{s}.csv" if c and s in ("test", "dev") else None,
          convert=_mmlu_row),
+    # the Deeb & Roger files (GitHub aghyad-deeb/unlearning_evaluation, data/<config>/<split>.jsonl): config = the
+    # data set (random_bd, wmdp-deduped, ...), split = the file's stem (split_0, corpus_split_0, whp_corpus_split_0)
+    Rule("aghyad-deeb/unlearning_evaluation", lambda c, s: f"deeb_roger/{c}/{s}.jsonl" if c else None),
 )}
 
 
