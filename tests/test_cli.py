@@ -206,6 +206,31 @@ def test_second_stage_npo_from_the_first_stage_adapter(fit_run, tiny_model_dir):
                                                                         rel=1e-4, abs=1e-6)
 
 
+def test_lion_from_a_config_makes_sign_updates(fit_run, tiny_model_dir, tmp_path, no_run):
+    """``--model.optimizer`` takes an optimizer from a maintained package (Lion, lion-pytorch, as the Deeb & Roger
+    and WMDP recipes use); its first step moves every trained weight by exactly lr (sign(g), no weight decay)."""
+    from types import SimpleNamespace
+
+    from lion_pytorch import Lion
+
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, fit_run["data"], tmp_path / "logs",
+                          {"class_path": "GradDiff"})
+    cli = cli_main(["fit", "--config", config, "--model.init_args.optimizer", "lion_pytorch.Lion",
+                    "--model.init_args.optimizer.init_args.weight_decay", "0.0", "--model.init_args.lr", "0.001"])
+    method = cli.model
+    method.configure_model()
+    method._trainer = SimpleNamespace(estimated_stepping_batches=4)
+    opt = method.configure_optimizers()["optimizer"]
+    assert isinstance(opt, Lion) and opt.param_groups[0]["lr"] == 0.001
+    trained = {n: p for n, p in method.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    for p in trained.values():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    for n, p in trained.items():
+        torch.testing.assert_close((p.detach() - before[n]).abs(), torch.full_like(p, 0.001), rtol=1e-3, atol=1e-7)
+
+
 def test_model_name_and_max_length_links(fit_run, tiny_model_dir, tmp_path, no_run):
     root, data = fit_run["root"], fit_run["data"]
     config = write_config(tmp_path / "c.yaml", "smollm2-135m-instruct", data, tmp_path / "logs",

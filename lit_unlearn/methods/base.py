@@ -94,7 +94,8 @@ class UnlearningMethod(L.LightningModule):
             weight_decay: weight decay of the default AdamW (>= 0).
             warmup_ratio: fraction of all steps with linear learning-rate warm-up, in [0, 1).
             lr_schedule: after warm-up: constant, linear decay to 0, or cosine decay to 0.
-            optimizer: an optimizer class path with its arguments, replacing the default AdamW(lr, weight_decay).
+            optimizer: an optimizer class path with its arguments (e.g. lion_pytorch.Lion), replacing the default
+                AdamW(lr, weight_decay); it runs at this ``lr``, whatever lr its own arguments give.
             max_length: longest sequence in tokens (linked from ``data.max_length`` by the CLI).
             fuse_forward: run forget and retain rows through the model in one forward (same numbers, faster).
             lean_head: score answer tokens from the LM head's input, answer positions only and in chunks, instead

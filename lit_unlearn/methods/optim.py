@@ -1,7 +1,9 @@
 """The optimizer and learning-rate schedule of every method.
 
 Default optimizer AdamW(lr, weight_decay) over the trainable parameters; any ``torch.optim`` (or other) class can
-replace it through the ``optimizer`` init argument. Schedule, per optimizer step, out of ``total`` steps:
+replace it through the ``optimizer`` init argument (e.g. ``lion_pytorch.Lion``), built with its own arguments but
+the method's ``lr``: ``lr`` is the one base learning rate of a run (the schedule, the sweeps of a relearning attack),
+so it replaces the optimizer class's default or configured lr. Schedule, per optimizer step, out of ``total`` steps:
 linear warm-up over the first ``int(warmup_ratio * total)`` steps (factor (step+1)/(warm+1)), then ``constant``,
 ``linear`` decay to 0 or ``cosine`` decay to 0.
 """
@@ -39,6 +41,8 @@ def build_optimization(params: Iterable[torch.nn.Parameter], total_steps: int, l
     if not params:
         raise MethodError("no trainable parameters: set an adapter or train the full model (adapter: null)")
     opt = optimizer(params) if optimizer is not None else torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    for group in opt.param_groups:
+        group["lr"] = lr
     total = max(1, int(total_steps))
     warm = int(warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warm, total, schedule))
