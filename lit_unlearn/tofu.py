@@ -17,8 +17,9 @@ unlearning stages' collapse-guard floor, half the retain probability of the lear
 stage's evaluation).
 
 A stage whose run directory already holds a completed run is reused (an interrupted or killed one is resumed from
-its last checkpoint), so adding a method reruns only that method. The table (forget quality, model utility, the forget set's probability / ROUGE /
-truth ratio, MIA AUC and privacy leak, wall times) is printed and written to ``<out>/tofu_summary.json``.
+its last checkpoint), so adding a method reruns only that method. The table (forget quality, model utility, the
+forget set's probability / ROUGE / truth ratio, MIA AUC and privacy leak, wall times) is printed (``--markdown``:
+also as Markdown) and written to ``<out>/tofu_summary.json``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
     """Run the stages (module docstring); returns ``{stage: metrics.json}`` plus the summary rows."""
     out = Path(out).resolve()
     t0 = time.time()
-    recipe = {"learn": {"lr": learn_lr, "epochs": learn_epochs}, "unlearn": {"lr": unlearn_lr, "epochs": unlearn_epochs}}
+    recipe = {"learn": {"lr": learn_lr, "epochs": learn_epochs},
+              "unlearn": {"lr": unlearn_lr, "epochs": unlearn_epochs}}
     if mini is not None:
         recipe = {k: {p: v if v is not None else MINI[k][p] for p, v in ps.items()} for k, ps in recipe.items()}
 

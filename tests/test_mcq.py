@@ -155,17 +155,18 @@ def test_eval_py_scores_mmlu_by_hub_id_on_a_plain_model(mcq_model_dir, tmp_path,
     assert scores["algebra"]["mcq_acc"] == sum(r["pred"] == r["gold"] for r in rows) / 6
 
 
-# ---- the Deeb & Roger data sets -----------------------------------------------------------------------------------------
+# ---- the Deeb & Roger data sets ---------------------------------------------------------------------------------
 def write_deeb_roger(root, splits=range(4)) -> None:
-    """A tiny copy of the repository's ``data/random_bd`` layout: per split 2 questions and 2 corpus lines of each kind."""
+    """A tiny copy of the repository's ``data/random_bd`` layout: per split 2 questions and 2 corpus lines of each
+    kind."""
     d = root / "random_bd"
     d.mkdir(parents=True)
     for i in splits:
         write_jsonl(d / f"split_{i}.jsonl", [{"question": f"When was P{i}{k} born?", "choices": [1, 2, 3, 4],
                                                "answer": k} for k in range(2)])
         for kind in ("corpus_", "whp_corpus_", "fwf_corpus_"):
-            write_jsonl(d / f"{kind}split_{i}.jsonl", [{"text": f"{kind}P{i}{k} was born in {k}.", "split": f"split_{i}"}
-                                                      for k in range(2)])
+            write_jsonl(d / f"{kind}split_{i}.jsonl",
+                        [{"text": f"{kind}P{i}{k} was born in {k}.", "split": f"split_{i}"} for k in range(2)])
 
 
 def test_deeb_roger_splits_by_index_from_a_local_folder(tmp_path, tokenizer):

@@ -388,6 +388,12 @@ def test_finetune_learns_then_grad_ascent_unlearns(make_method, tiny_model_dir, 
     assert unlearned["nll"] > learned["nll"] + 0.3
     assert unlearned["acc"] < 0.5 * learned["acc"]
 
+    # a list of adapters is merged in order: the learned, then the unlearning run's = the unlearned model
+    unlearner.export_adapter(tmp_path / "unlearned")
+    attacker = make_method(Finetune, init_adapter=[str(tmp_path / "learned"), str(tmp_path / "unlearned")])
+    again = evaluate(attacker, forget)
+    assert again["nll"] == pytest.approx(unlearned["nll"], rel=1e-4) and again["acc"] == unlearned["acc"]
+
 
 # ---- configuration errors and other contract points ------------------------------------------------------------------
 def test_methods_that_need_a_reference_refuse_no_adapter():

@@ -119,7 +119,8 @@ def test_every_method_trains_and_evaluates_under_ddp(tiny_model_dir, data_dir, t
                                         "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                                    "init_args": {"save_dir": str(tmp_path / "logs"), "name": name}}},
                                data={"eval_splits": {"extra": str(data_dir / "extra.jsonl")},
-                                     **({"cot_field": "cot", "max_length": 128} if getattr(cls, "needs_cot", False) else {})})
+                                     **({"cot_field": "cot", "max_length": 128}
+                                        if getattr(cls, "needs_cot", False) else {})})
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "ddp_run_configs.py"), *configs.values()],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))

@@ -18,16 +18,17 @@ from lit_unlearn.adapters.lora import merge_saved_adapter
 from lit_unlearn.models.loading import AttnBackend, Quantize, load_causal_lm, load_tokenizer
 
 
-def assemble(model: str, adapter: Adapter | None, init_adapter: str | None, dtype: str, quantize: Quantize,
-             attn_backend: AttnBackend, trust_remote_code: bool, check_base: Callable[[nn.Module], None] | None = None):
+def assemble(model: str, adapter: Adapter | None, init_adapter: str | list[str] | None, dtype: str,
+             quantize: Quantize, attn_backend: AttnBackend, trust_remote_code: bool,
+             check_base: Callable[[nn.Module], None] | None = None):
     """``(lm, tokenizer)``: the model to train, in train mode, and its tokenizer (pad = EOS where it has no pad).
     ``check_base`` sees the base (``init_adapter`` merged) before the adapter is applied: a method's chance to refuse
     a model it cannot work on with its own message."""
     tokenizer = load_tokenizer(model, trust_remote_code)
     base = load_causal_lm(model, dtype, quantize, attn_backend, trust_remote_code)
     base.config.pad_token_id = tokenizer.pad_token_id
-    if init_adapter:
-        base = merge_saved_adapter(base, init_adapter)
+    for path in [init_adapter] if isinstance(init_adapter, str) else init_adapter or []:
+        base = merge_saved_adapter(base, path)  # in order: e.g. a learn stage's adapter, then an unlearning run's
     if check_base is not None:
         check_base(base)
     if adapter is None:

@@ -54,7 +54,7 @@ class UnlearningMethod(L.LightningModule):
         self,
         model: str = DEFAULT_MODEL,
         adapter: Adapter | None = None,
-        init_adapter: str | None = None,
+        init_adapter: str | list[str] | None = None,
         dtype: str = "float32",
         quantize: Quantize = None,
         attn_backend: AttnBackend = "auto",
@@ -78,7 +78,8 @@ class UnlearningMethod(L.LightningModule):
             model: base model: an embedded alias, a hub id, a local directory or a .gguf file.
             adapter: the trainable adapter (e.g. ``class_path: LoRA``); null trains every parameter.
             init_adapter: a saved adapter directory (e.g. a learn stage's ``adapter/``) merged into the base
-                before the new adapter is applied, so "adapter disabled" is the learned model.
+                before the new adapter is applied, so "adapter disabled" is the learned model; a list is merged in
+                order (a learn stage's adapter, then an unlearning run's: the unlearned model, e.g. to attack it).
             dtype: parameter dtype of the base (float32, bfloat16, float16).
             quantize: ``nf4`` or ``int8`` base through bitsandbytes (QLoRA), or null.
             attn_backend: auto (flash-attn if installed, else SDPA), sdpa, flash_attention_2 or eager.
