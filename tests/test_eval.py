@@ -248,6 +248,23 @@ def test_greedy_generation_batched_with_left_padding_equals_one_by_one(tiny_mode
     single = [greedy_generate(method.lm, method.tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
     assert batched == single and any(batched)
     assert method.lm.training and method.tokenizer.padding_side == "right"  # modes and padding side restored
+    # ... and equal to transformers' own generate, one unpadded prompt at a time
+    tok, lm = method.tokenizer, method.lm
+    lm.eval()
+
+    def hf(prompt: str, eos: int) -> str:
+        enc = tok(prompt, return_tensors="pt")
+        gen = lm.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        return tok.decode(gen[0, enc["input_ids"].size(1):], skip_special_tokens=True)
+
+    assert batched == [hf(p, tok.eos_token_id) for p in prompts]
+    # a row that reaches EOS leaves the batch while the others go on: take as "EOS" the second token the first
+    # prompt generates, so that row stops early
+    enc = tok(prompts[0], return_tensors="pt")
+    stop = int(lm.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)[0, -1])
+    early = greedy_generate(lm, tok, prompts, max_new_tokens=6, batch_size=4, eos_token_id=stop)
+    assert early == [hf(p, stop) for p in prompts]
+    assert len(early[0]) < len(single[0]) and early != batched
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
