@@ -75,14 +75,14 @@ class TOFUEvaluator(Evaluator):
         pert_nll = [g[1:] if with_para else g for g in scored]
         generated = module.generate(prompts, self.max_new_tokens)
         references = batch.get("answer_text") or [a.strip() for a in batch["answer"]]
-        for i, key in enumerate(self.row_keys(batch)[:n]):
+        for i, key in enumerate(self.row_keys(batch)):
             ratio = math.exp(sum(pert_nll[i]) / len(pert_nll[i]) - para_nll[i])
             p_true = math.exp(-answer_nll[i])
             prob = p_true if self.kind in ("forget", "retain") else \
                 p_true / (p_true + sum(math.exp(-x) for x in pert_nll[i]))
+            text = generated[i].strip()
             self.rows.append({**key, "question": batch.get("question", [None] * n)[i], "answer": references[i],
-                              "generated": generated[i].strip(), "prob": prob,
-                              "rouge": self.rouge_recall(references[i], generated[i].strip()),
+                              "generated": text, "prob": prob, "rouge": self.rouge_recall(references[i], text),
                               "truth_ratio_raw": ratio, "answer_nll": answer_nll[i], "paraphrased_nll": para_nll[i],
                               "perturbed_nll": pert_nll[i]})
 

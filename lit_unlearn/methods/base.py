@@ -303,19 +303,17 @@ class UnlearningMethod(L.LightningModule):
                 extra = self.adapter.forward_kwargs(batch) if self.adapter is not None else {}
                 inputs = dict(batch, use_cache=False, **extra)
                 head = self._lean_head(inputs, probe_one_row=not extra)
-                last = batch["attention_mask"].sum(-1) - 1
-                rows_at = torch.arange(len(idx), device=self.device)
                 if head is None:
-                    logits = self.lm(**inputs).logits
-                    # soft prompts prepend virtual positions: the real tokens are the last T of the sequence
-                    z = logits[rows_at, last + logits.size(1) - batch["input_ids"].size(1)][:, ids]
+                    states = self.lm(**inputs).logits
                 else:
                     with capture_head_input(head) as seen:
                         self.lm(**inputs)
-                    hidden = seen[-1]
-                    h = hidden[rows_at, last + hidden.size(1) - batch["input_ids"].size(1)]
-                    z = F.linear(h.to(head.weight.dtype), head.weight[ids],
-                                 None if head.bias is None else head.bias[ids])
+                    states = seen[-1]
+                # each row's last real token; soft prompts prepend virtual positions, so count from the end
+                last = batch["attention_mask"].sum(-1) - 1 + states.size(1) - batch["input_ids"].size(1)
+                at = states[torch.arange(len(idx), device=self.device), last]
+                z = at[:, ids] if head is None else F.linear(at.to(head.weight.dtype), head.weight[ids],
+                                                             None if head.bias is None else head.bias[ids])
                 out[idx] = z.float().cpu()
         return out
 
