@@ -228,6 +228,7 @@ class UnlearnCLI(LightningCLI):
             "last_checkpoint": getattr(ckpt, "last_model_path", None),
             "global_step": self.trainer.global_step,
             "collapse_events": events,
+            "history": self.model.eval_history,  # the evaluations inside fit, one per validation
         })
         if self.status != "finished":
             self.exit_code = EXIT_COLLAPSED

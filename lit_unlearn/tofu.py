@@ -29,7 +29,8 @@ import json
 import time
 from pathlib import Path
 
-from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
+from lit_unlearn import stages
+from lit_unlearn.cli import package_versions, write_json_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tofu"
 #: per-stage recipe of the mini setting (SmolLM2-135M + LoRA on a CPU), replacing the config's lr and epochs
@@ -39,32 +40,15 @@ COLUMNS = (("tofu", "forget_quality", "FQ"), ("tofu", "model_utility", "MU"), ("
            ("mia", "auc_loss", "AUC loss"), ("mia", "auc_minkpp", "AUC mk++"), ("mia", "privleak_loss", "leak loss"))
 
 
-def _status(run_dir: Path) -> str | None:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()).get("status", "finished") if path.is_file() else None
-
-
 def run_stage(stage: str, out: Path, extra: list[str], mini: int | None) -> dict:
-    """Run (or reuse, or resume) one stage; returns its metrics.json."""
-    run_dir = out / stage
-    status = _status(run_dir)
-    if status in ("finished", "collapsed", "diverged"):
-        print(f"[lit_unlearn] tofu: reusing the {status} run {run_dir}")
-        return json.loads((run_dir / "metrics.json").read_text())
-    config = CONFIG_DIR / f"{stage}.yaml"
-    if not config.is_file():
-        raise SystemExit(f"lit_unlearn.tofu: no config {config}; --methods takes file names of configs/tofu/")
-    args = ["fit", "--config", str(CONFIG_DIR / "base.yaml"), "--config", str(config)]
+    """Run (or reuse, or resume) one stage (``lit_unlearn.stages``); returns its metrics.json."""
+    configs = [CONFIG_DIR / "base.yaml", CONFIG_DIR / f"{stage}.yaml"]
+    if not configs[1].is_file():
+        raise SystemExit(f"lit_unlearn.tofu: no config {configs[1]}; --methods takes file names of configs/tofu/")
     if mini is not None:
-        args += ["--config", str(CONFIG_DIR / "mini.yaml"), "--data.init_args.mini", str(mini)]
-    args += ["--trainer.logger.init_args.save_dir", str(out.parent), "--trainer.logger.init_args.name", out.name,
-             "--trainer.logger.init_args.version", stage, *extra]
-    if status == "interrupted" or (status is None and (run_dir / "checkpoints" / "last.ckpt").is_file()):
-        args += ["--ckpt_path", "last"]  # stopped by a signal, or killed: continue from its last checkpoint
-    cli = cli_main(args)
-    if cli.exit_code not in (0, 3):
-        raise SystemExit(cli.exit_code)
-    return json.loads((run_dir / "metrics.json").read_text())
+        configs.append(CONFIG_DIR / "mini.yaml")
+        extra = ["--data.init_args.mini", str(mini), *extra]
+    return stages.run_stage(configs, out, stage, extra)
 
 
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", mini: int | None = None,

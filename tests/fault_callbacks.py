@@ -23,12 +23,18 @@ class SignalAtStep(L.Callback):
 
 
 class SlowSteps(L.Callback):
-    """Makes every training step take at least ``seconds`` (a fit that is still running when another starts)."""
+    """Makes every training step take at least ``seconds`` (a fit that is still running when another starts); with
+    ``$HOLD_UNTIL`` naming a file, the first step also waits (at most 300 s) until that file exists, so the fit is
+    still running however slowly a second process starts on a loaded machine."""
 
     def __init__(self, seconds: float = 0.5):
         self.seconds = seconds
 
     def on_train_batch_end(self, trainer, *args):
+        hold = os.environ.get("HOLD_UNTIL")
+        deadline = time.time() + 300
+        while hold and not os.path.exists(hold) and time.time() < deadline:
+            time.sleep(0.1)
         time.sleep(self.seconds)
 
 

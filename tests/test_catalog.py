@@ -28,14 +28,16 @@ def test_every_shipped_config_names_hub_ids_that_the_mirror_serves(config, monke
     monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
     dm = cli_main(config_command(config)).datamodule
     assert dm.sources
-    for split, name in dm.sources.items():
-        assert sources.parse_hub(name) is not None and not Path(name).exists(), f"{split}: {name} is not a hub id"
-        source = sources.resolve(name, split)
-        assert source.path is not None and source.path.is_relative_to(MIRROR), f"{name} is not served by the mirror"
-        rows = source.read(split)
-        assert rows and rows[0]["_index"] == 0
-        record = dm.record(rows[0], split)  # the rows have the fields the data module reads
-        assert record["prompt"] and record["answer"].strip()
+    for split, names in dm.sources.items():
+        for name in [names] if isinstance(names, str) else names:  # a split may read several sources
+            assert sources.parse_hub(name) is not None and not Path(name).exists(), f"{split}: {name} is not a hub id"
+            source = sources.resolve(name, split)
+            assert source.path is not None and source.path.is_relative_to(MIRROR), f"{name} is not served by the mirror"
+            rows = source.read(split)
+            assert rows and rows[0]["_index"] == 0
+            record = dm.record({**rows[0], "_source": name}, split)  # the rows have the fields the module reads
+            assert record["answer"].strip()
+            assert record["prompt"] or split in ("forget", "retain")  # a corpus row is scored whole: no prompt
 
 
 def test_a_catalogued_name_reads_the_mirror_file(tmp_path, monkeypatch):

@@ -197,13 +197,15 @@ def test_a_second_fit_into_a_directory_in_use_is_refused(tiny_model_dir, data_di
     cfg = npo(tmp_path, tiny_model_dir, data_dir)
     first = subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), "fit", "--config", cfg,
                               "--trainer.callbacks+=fault_callbacks.SlowSteps", "--model.init_args.lr", "0.01"],
-                             cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             cwd=tmp_path, env={**ENV, "HOLD_UNTIL": str(tmp_path / "go")},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lock = tmp_path / "logs" / "runs" / "run" / ".lit_unlearn.lock"
     deadline = time.time() + 120
     while not lock.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert lock.exists(), "the first fit never took its lock"
     second = run("train.py", "fit", "--config", cfg, "--model.init_args.lr", "0.03", cwd=tmp_path)
+    (tmp_path / "go").write_text("")  # the first fit holds its first step until the second has been refused
     assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
     assert second.returncode == 2
     said = lines_of(second.stderr)

@@ -203,7 +203,7 @@ def test_deeb_roger_random_birthdays_by_name_from_the_mirror(tokenizer):
 @pytest.mark.parametrize("kwargs, message", [
     ({"forget_splits": [0, 1], "retain_splits": [1, 2]}, r"--data.forget_splits and --data.retain_splits share "
                                                          r"split 1"),
-    ({"forget_corpus": "wrong"}, r"--data.forget_corpus must be corpus, whp_corpus or fwf_corpus"),
+    ({"forget_corpus": "wrong"}, r"--data.forget_corpus must be one of corpus, whp_corpus, fwf_corpus, mcq"),
     ({"forget_splits": [7]}, r"forget: file .*corpus_split_7.jsonl does not exist"),
 ])
 def test_bad_deeb_roger_settings_are_one_line(kwargs, message, tmp_path, tokenizer):

@@ -25,7 +25,7 @@ from pathlib import Path
 from lit_unlearn.core.errors import DataError
 from lit_unlearn.data.catalog import MIRROR_ENV, HubName, Rule, mirror_file
 
-_HUB = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.-]+))?$")
+_HUB = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.-][\w .-]*))?$")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
 

@@ -13,6 +13,7 @@ from lit_unlearn.methods.npo import NPO, SimNPO
 from lit_unlearn.methods.reasoning import GA1, GA2, GA3, IDK1, IDK2, IDK3
 from lit_unlearn.methods.relabel import IDK, RandomLabel
 from lit_unlearn.methods.rmu import RMU
+from lit_unlearn.methods.wrong_fact import RIA, FixedWrongFact
 
 METHODS: dict[str, type[UnlearningMethod]] = subclasses_in(UnlearningMethod, __name__)
 ALL_METHODS: tuple[type[UnlearningMethod], ...] = tuple(METHODS.values())

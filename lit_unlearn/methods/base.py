@@ -128,6 +128,8 @@ class UnlearningMethod(L.LightningModule):
         self.tokenizer = None
         self.suite: EvalSuite | None = None
         self.last_eval: dict[str, dict[str, float]] = {}
+        #: every evaluation run inside fit: ``{"epoch", "step", "val/<split>/<key>": value, ...}`` (metrics.json)
+        self.eval_history: list[dict] = []
         self.last_eval_at: tuple | None = None
         self.reference_cache = ReferenceCache()
         self.run_id: str | None = None  # set by the CLI; saved in checkpoints, so a resumed run keeps its id
@@ -350,6 +352,9 @@ class UnlearningMethod(L.LightningModule):
         self.last_eval = results
         # which weights it describes: (the trainer function it ran in, the optimizer step)
         self.last_eval_at = (self.trainer.state.fn, self.trainer.global_step)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.eval_history.append({"epoch": self.trainer.current_epoch + 1, "step": self.trainer.global_step,
+                                      **flat})
 
     test_step = validation_step
     on_test_epoch_start = on_validation_epoch_start
@@ -381,7 +386,8 @@ class UnlearningMethod(L.LightningModule):
         # instead of recomputing them in other batches (other padding widths, so possibly other float rounding)
         checkpoint["lit_unlearn"] = {"method": type(self).__name__, "model": self.model_name,
                                      "adapter": repr(self.adapter), "init_adapter": self.init_adapter,
-                                     "run_id": self.run_id, "reference_cache": dict(self.reference_cache.values)}
+                                     "run_id": self.run_id, "reference_cache": dict(self.reference_cache.values),
+                                     "eval_history": list(self.eval_history)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint that lacks some of this model's trainable tensors (strict_loading is off because
@@ -399,6 +405,7 @@ class UnlearningMethod(L.LightningModule):
         saved = checkpoint.get("lit_unlearn", {})
         self.run_id = saved.get("run_id") or self.run_id
         self.reference_cache.values.update(saved.get("reference_cache") or {})
+        self.eval_history = list(saved.get("eval_history") or [])
 
     def export_adapter(self, path) -> None:
         """Save the adapter alone (``Adapter.save``) so a later stage can load or merge it."""
