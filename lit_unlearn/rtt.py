@@ -94,7 +94,7 @@ def run_rtt(init_adapter: list[str], out: str | Path, model: str | None = None, 
     forget_splits = list(range(5)) if forget_splits is None else list(forget_splits)
     retain_splits = list(range(5, 10)) if retain_splits is None else list(retain_splits)
     if not lrs:
-        raise RTTError("--lrs is empty: give at least one learning rate")
+        raise RTTError("--rtt-lrs is empty: give at least one learning rate")
     for path in init_adapter:
         if not Path(path).expanduser().is_dir():
             raise RTTError(f"--init-adapter {path}: no such adapter directory")
@@ -103,18 +103,18 @@ def run_rtt(init_adapter: list[str], out: str | Path, model: str | None = None, 
         for j, lr in enumerate(lrs):
             name = f"fold{k}_lr{lr:g}"
             # one evaluation of the attacked model per fold (epoch 0), shared by the fold's learning rates
-            plan.append((name, k, lr, sub_run_args(out, name, heldout, train, lr, seed, init_adapter, model, mini,
+            plan.append((name, k, lr, heldout, sub_run_args(out, name, heldout, train, lr, seed, init_adapter, model, mini,
                                                     epochs, retain_splits, dataset, j == 0, list(extra or []))))
     n_gpu = torch.cuda.device_count() if devices is None else devices
     t0 = time.time()
     todo = [p for p in plan if stages.stage_status(out / p[0]) != "finished"]
     if n_gpu > 1:
         with ThreadPoolExecutor(n_gpu) as pool:
-            codes = list(pool.map(lambda ip: _run(ip[1][3], ip[0] % n_gpu), enumerate(todo)))
+            codes = list(pool.map(lambda ip: _run(ip[1][-1], ip[0] % n_gpu), enumerate(todo)))
     else:
         codes = []
         for p in todo:  # one at a time; a sub-run that fails or is stopped by a signal stops the sweep
-            codes.append(_run(p[3], None))
+            codes.append(_run(p[-1], None))
             if codes[-1] != 0:
                 break
     for p, code in zip(todo, codes):
@@ -123,18 +123,19 @@ def run_rtt(init_adapter: list[str], out: str | Path, model: str | None = None, 
             print(f"lit_unlearn.rtt: sub-run {p[0]} {what}; see {out / p[0]}. Run the same command again to go on",
                   file=sys.stderr)
             raise SystemExit(code)
-    summary = summarize(out, plan, forget_splits, n_folds)
+    summary = summarize(out, plan)
     summary.update(init_adapter=init_adapter, model=model, lrs=list(lrs), epochs=epochs, mini=mini, seed=seed,
                    wall_time_s=round(time.time() - t0, 1), versions=package_versions())
     write_json_atomic(out / "rtt_summary.json", summary)
     return summary
 
 
-def summarize(out: Path, plan: list, forget_splits: list[int], n_folds: int) -> dict:
+def summarize(out: Path, plan: list) -> dict:
     """Per sub-run curves and the best V accuracy over the sweep, per fold and averaged over folds (weighted by
     V's rows, so the overall number is the accuracy over all forget questions)."""
-    runs, by_fold = {}, {}
-    for name, k, lr, _ in plan:
+    runs, by_fold, heldout_of = {}, {}, {}
+    for name, k, lr, heldout, _ in plan:
+        heldout_of[k] = heldout
         rec = json.loads((out / name / "metrics.json").read_text())
         before = rec["metrics"].get("before") or {}
         history = rec["metrics"].get("history") or []
@@ -149,7 +150,7 @@ def summarize(out: Path, plan: list, forget_splits: list[int], n_folds: int) -> 
         start = next(runs[n]["curve"][0] for n in names if runs[n]["curve"] and runs[n]["curve"][0]["epoch"] == 0)
         best_name, best = max(((n, pt) for n in names for pt in runs[n]["curve"] if pt["epoch"] > 0),
                               key=lambda x: x[1]["heldout"])
-        fold_rows.append({"fold": k, "heldout_splits": forget_splits[k::n_folds], "n": runs[best_name]["n_heldout"],
+        fold_rows.append({"fold": k, "heldout_splits": heldout_of[k], "n": runs[best_name]["n_heldout"],
                           "before": start["heldout"], "retain_before": start["retain"], "best": best["heldout"],
                           "best_lr": runs[best_name]["lr"], "best_epoch": best["epoch"],
                           "retain_at_best": best["retain"]})
