@@ -143,14 +143,24 @@ def first_train_batch(dm) -> dict:
 TINY_KWARGS = {"RMU": {"layer": 1}}
 
 
+def tiny_adapter(name: str):
+    """A small adapter of each kind, by name (``lora``, ``prefix``, ``soft_prompt``, ``loreft``: gated), for the
+    tiny model."""
+    from lit_unlearn.adapters import LoRA, LoReFT, Prefix, SoftPrompt
+
+    return {"lora": lambda: LoRA(r=4, alpha=8), "prefix": lambda: Prefix(length=3),
+            "soft_prompt": lambda: SoftPrompt(length=3, encoder_hidden=8),
+            "loreft": lambda: LoReFT(layers=[0, 1], rank=2, gated=True)}[name]()
+
+
 @pytest.fixture
 def make_method(tiny_model_dir):
-    """``make_method(cls, adapter="lora", **kwargs)``: a method on the tiny model, ``configure_model()`` done."""
-    from lit_unlearn.adapters import LoRA
+    """``make_method(cls, adapter="lora", **kwargs)``: a method on the tiny model, ``configure_model()`` done;
+    ``adapter`` is an adapter object or a name of :func:`tiny_adapter`."""
 
     def _make(cls, adapter="lora", model_dir: str | None = None, **kwargs):
-        if adapter == "lora":
-            adapter = LoRA(r=4, alpha=8)
+        if isinstance(adapter, str):
+            adapter = tiny_adapter(adapter)
         kwargs = {**TINY_KWARGS.get(cls.__name__, {}), **kwargs}
         torch.manual_seed(0)  # LoRA A is randomly initialised
         method = cls(model=model_dir or tiny_model_dir, adapter=adapter, **kwargs)

@@ -105,11 +105,11 @@ def test_registries_are_derived_from_the_classes():
 
     assert set(methods.METHODS) == {"Finetune", "GradAscent", "GradDiff", "GradAscentKL", "RandomLabel", "NPO",
                                     "SimNPO", "IDK", "GA1", "GA2", "GA3", "IDK1", "IDK2", "IDK3", "RMU", "RIA",
-                                    "FixedWrongFact"}
+                                    "FixedWrongFact", "NegationLoRA", "SPUL", "PIPrefix", "TNPO", "GRUN"}
     assert methods.ALL_METHODS == tuple(methods.METHODS.values())
     assert all(getattr(methods, name) is cls for name, cls in methods.METHODS.items())  # importable by name
-    assert set(adapters.ADAPTERS) == {"LoRA"}
-    assert set(evaluation.EVALUATORS) == {"answer", "label", "tofu", "mia", "mcq"}
+    assert set(adapters.ADAPTERS) == {"LoRA", "Prefix", "SoftPrompt", "LoReFT"}
+    assert set(evaluation.EVALUATORS) == {"answer", "label", "tofu", "mia", "mcq", "gate"}
 
     class LocalMethod(methods.GradAscent):  # defined outside the package: not a registered method
         pass

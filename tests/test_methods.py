@@ -1,5 +1,6 @@
-"""The method contract, parametrized over every method in ``lit_unlearn.methods.ALL_METHODS`` (each with LoRA):
-a new method is one more entry in ``ALL_METHODS`` and gets every test here for free."""
+"""The method contract, parametrized over every method in ``lit_unlearn.methods.ALL_METHODS`` x every adapter it
+accepts (LoRA, Prefix, SoftPrompt, LoReFT; ``UnlearningMethod.adapter_types``), as PEFT tests its tuners: a new method or
+adapter is one more entry and gets every contract test here for free. The formula tests below use LoRA."""
 
 from __future__ import annotations
 
@@ -31,15 +32,22 @@ from lit_unlearn.methods.relabel import REFUSALS
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
 METHOD_IDS = [cls.__name__ for cls in ALL_METHODS]
+ADAPTER_KINDS = {"lora": "LoRA", "prefix": "Prefix", "soft_prompt": "SoftPrompt", "loreft": "LoReFT"}
+#: every (method, adapter) pair the method accepts
+CONTRACT = [(cls, kind) for cls in ALL_METHODS for kind, name in ADAPTER_KINDS.items()
+            if cls.adapter_types is None or name in cls.adapter_types]
+CONTRACT_IDS = [f"{cls.__name__}-{kind}" for cls, kind in CONTRACT]
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
-def is_adapter(name: str) -> bool:
-    return "lora_" in name
+def adapter_names(method) -> set[str]:
+    """The state-dict names of the method's adapter parameters, found through the adapter (not by name)."""
+    return set(method.trainable_names())
 
 
 def perturb_lora(method, scale: float = 0.2, seed: int = 1) -> None:
-    """Give every LoRA B a nonzero value, so the adapted model differs from the reference (B = 0 at init)."""
+    """Give every LoRA B a nonzero value, so the adapted model differs from the reference (B = 0 at init); other
+    adapters start away from the identity already."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in method.named_parameters():
@@ -75,24 +83,31 @@ def per_row_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return tok.sum(-1), mask.sum(-1)
 
 
-def default_retain_for_fusion(cls) -> str:
-    # force a retain term so there are two batches to fuse; GradAscentKL keeps its KL term
-    return "kl" if cls is GradAscentKL else "nll"
+def fusion_kwargs(cls) -> dict:
+    """Force a retain term so there are two batches to fuse; GradAscentKL keeps its KL term, SPUL its own."""
+    if cls.__name__ == "SPUL":
+        return {}
+    if cls.__name__ == "PIPrefix":
+        return {"variant": "relabel"}
+    return {"retain": "kl" if cls is GradAscentKL else "nll"}
 
 
 # ---- (a) finite loss, (b) gradients only on the adapter ------------------------------------------------------------
-@pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
-def test_training_step_gives_finite_loss_and_adapter_only_gradients(cls, make_method, batch_for):
+@pytest.mark.parametrize("cls,kind", CONTRACT, ids=CONTRACT_IDS)
+def test_training_step_gives_finite_loss_and_adapter_only_gradients(cls, kind, make_method, batch_for):
     qa_batch = batch_for(cls)
     assert set(qa_batch) == {"forget", "retain"}
-    method = make_method(cls)
+    method = make_method(cls, adapter=kind)
     loss = method.training_step(qa_batch, 0)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
 
     adapter_grads = []
+    names = adapter_names(method)
+    if kind == "lora":
+        assert names == {n for n, _ in method.named_parameters() if "lora_" in n}
     for name, p in method.named_parameters():
-        if is_adapter(name):
+        if name in names:
             assert p.requires_grad, name
             assert p.grad is not None, f"{name} got no gradient"
             assert torch.isfinite(p.grad).all(), name
@@ -100,33 +115,41 @@ def test_training_step_gives_finite_loss_and_adapter_only_gradients(cls, make_me
         else:
             assert not p.requires_grad, f"base parameter {name} is trainable"
             assert p.grad is None, f"base parameter {name} received a gradient"
-    assert adapter_grads, "no LoRA parameters found"
-    assert sum(g > 0 for g in adapter_grads) > 0, "every LoRA gradient is zero"
+    assert adapter_grads, "no adapter parameters found"
+    assert sum(g > 0 for g in adapter_grads) > 0, "every adapter gradient is zero"
 
 
 # ---- (c) a few steps move the adapter only; (d) step 0 equals the reference -----------------------------------------
-@pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
-def test_optimizer_steps_change_adapter_and_keep_base(cls, make_method, batch_for):
+@pytest.mark.parametrize("cls,kind", CONTRACT, ids=CONTRACT_IDS)
+def test_optimizer_steps_change_adapter_and_keep_base(cls, kind, make_method, batch_for):
     qa_batch = batch_for(cls)
-    method = make_method(cls)
+    method = make_method(cls, adapter=kind)
     fb = qa_batch["forget"]
     with torch.no_grad():
         logits0 = method(fb, logits=True).logits.clone()
         ref0 = method.reference_stats(fb, logits=True).logits.clone()
-    # (d) a fresh LoRA (B = 0) is the identity: the model equals its adapter-disabled reference at step 0
-    torch.testing.assert_close(logits0, ref0, rtol=0, atol=1e-6)
+    assert logits0.shape[:2] == fb["input_ids"].shape  # virtual tokens are cut from the outputs
+    if method.adapter.starts_as_identity:
+        # (d) a fresh LoRA (B = 0) is the identity: the model equals its adapter-disabled reference at step 0
+        torch.testing.assert_close(logits0, ref0, rtol=0, atol=1e-6)
+    else:  # a prefix or prompt changes the model from its first step; disabling it gives the base back
+        assert not torch.allclose(logits0, ref0, atol=1e-4)
+        base = make_method(Finetune, adapter=None)
+        with torch.no_grad():
+            torch.testing.assert_close(base(fb, logits=True).logits, ref0, rtol=0, atol=1e-5)
 
     before = {n: p.detach().clone() for n, p in method.named_parameters()}
     optimizer_steps(method, qa_batch, steps=3)
     after = dict(method.named_parameters())
 
-    base_names = [n for n in before if not is_adapter(n)]
-    lora_b = [n for n in before if "lora_B" in n]
-    assert base_names and lora_b
+    trained = adapter_names(method)
+    base_names = [n for n in before if n not in trained]
+    moving = [n for n in before if "lora_B" in n] if kind == "lora" else sorted(trained)
+    assert base_names and moving
     for n in base_names:
         assert torch.equal(before[n], after[n]), f"base weight {n} changed"
-    changed = [n for n in lora_b if not torch.equal(before[n], after[n])]
-    assert len(changed) == len(lora_b), f"LoRA B unchanged: {sorted(set(lora_b) - set(changed))[:3]}"
+    changed = [n for n in moving if not torch.equal(before[n], after[n])]
+    assert len(changed) == len(moving), f"adapter tensors unchanged: {sorted(set(moving) - set(changed))[:3]}"
 
     with torch.no_grad():
         logits3 = method(fb, logits=True).logits
@@ -227,12 +250,12 @@ def test_grad_ascent_kl_retain_term(make_method, qa_batch):
 
 
 # ---- (f) fused forward == separate forwards -------------------------------------------------------------------------
-@pytest.mark.parametrize("cls", ALL_METHODS, ids=METHOD_IDS)
-def test_fused_forward_gives_same_loss(cls, make_method, batch_for):
+@pytest.mark.parametrize("cls,kind", CONTRACT, ids=CONTRACT_IDS)
+def test_fused_forward_gives_same_loss(cls, kind, make_method, batch_for):
     qa_batch = batch_for(cls)
     fb, rb = qa_batch["forget"], qa_batch["retain"]
     assert fb["input_ids"].size(1) != rb["input_ids"].size(1), "test needs batches of different widths"
-    method = make_method(cls, retain=default_retain_for_fusion(cls))
+    method = make_method(cls, adapter=kind, **fusion_kwargs(cls))
     perturb_lora(method)
     method.fuse_forward = True
     fused = method.training_step(qa_batch, 0)
@@ -246,6 +269,34 @@ def test_fused_forward_gives_same_loss(cls, make_method, batch_for):
     assert g_fused
     for n, g in g_fused.items():
         torch.testing.assert_close(g, dict(method.named_parameters())[n].grad, rtol=1e-4, atol=1e-6)
+
+
+def test_the_fused_batch_carries_every_key_to_the_adapter(make_method, qa_batch):
+    """Extra batch keys (a per-token mask, per-row weights, ids) reach ``Adapter.forward_kwargs`` in the fused
+    forget + retain batch: per-token tensors right-padded with 0 to the fused width, rows in forget-then-retain
+    order."""
+    seen = []
+
+    class Recording(LoRA):
+        def forward_kwargs(self, batch):
+            seen.append(batch)
+            return {}
+
+    method = make_method(GradDiff, adapter=Recording(r=4, alpha=8))
+    fb, rb = (dict(qa_batch[k]) for k in ("forget", "retain"))
+    for b, fill in ((fb, 1), (rb, 2)):
+        b["token_mask"] = torch.full_like(b["input_ids"], fill)
+        b["weight"] = torch.full((b["input_ids"].size(0),), float(fill))
+    method.training_step({"forget": fb, "retain": rb}, 0)
+    fused = seen[-1]
+    width = max(fb["input_ids"].size(1), rb["input_ids"].size(1))
+    n_f = fb["input_ids"].size(0)
+    assert fused["token_mask"].shape == (n_f + rb["input_ids"].size(0), width)
+    assert (fused["token_mask"][:n_f, :fb["input_ids"].size(1)] == 1).all()
+    assert (fused["token_mask"][n_f:, :rb["input_ids"].size(1)] == 2).all()
+    assert (fused["token_mask"][:n_f, fb["input_ids"].size(1):] == 0).all()
+    assert fused["weight"].tolist() == [1.0] * n_f + [2.0] * rb["input_ids"].size(0)
+    assert fused["id"] == list(fb["id"]) + list(rb["id"])
 
 
 # ---- (g) cached reference == adapter-off reference ---------------------------------------------------------------
@@ -417,7 +468,7 @@ def test_full_model_training_without_adapter(make_method, qa_batch):
     method = make_method(Finetune, adapter=None)
     params = dict(method.named_parameters())
     assert params and all(p.requires_grad for p in params.values())
-    assert not any(is_adapter(n) for n in params)
+    assert not any("lora_" in n for n in params)
     before = {n: p.detach().clone() for n, p in params.items()}
     optimizer_steps(method, qa_batch, steps=1)
     assert any(not torch.equal(before[n], p) for n, p in method.named_parameters())
@@ -482,9 +533,9 @@ def test_lr_schedules(make_method):
     cfg = method.configure_optimizers()
     opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
     assert cfg["lr_scheduler"]["interval"] == "step"
-    assert all(p.requires_grad and is_adapter(n) for n, p in method.named_parameters() if p.requires_grad)
+    assert all(p.requires_grad and "lora_" in n for n, p in method.named_parameters() if p.requires_grad)
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(
-        p.numel() for n, p in method.named_parameters() if is_adapter(n))
+        p.numel() for n, p in method.named_parameters() if "lora_" in n)
     lrs = []
     for _ in range(11):
         lrs.append(opt.param_groups[0]["lr"])
@@ -529,10 +580,33 @@ def test_the_reference_cache_and_run_id_travel_in_the_checkpoint(make_method, qa
 def test_checkpoint_keeps_only_adapter_tensors(make_method):
     method = make_method(GradDiff)
     ckpt = {"state_dict": method.state_dict()}
-    assert any(not is_adapter(k) for k in ckpt["state_dict"])
+    assert any("lora_" not in k for k in ckpt["state_dict"])
     method.on_save_checkpoint(ckpt)
-    assert ckpt["state_dict"] and all(is_adapter(k) for k in ckpt["state_dict"])
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
     assert ckpt["lit_unlearn"]["method"] == "GradDiff"
+
+
+@pytest.mark.parametrize("kind", ["prefix", "soft_prompt"])
+def test_a_virtual_adapter_checkpoint_round_trips(kind, make_method, qa_batch):
+    """A Lightning checkpoint of a prefix / soft-prompt run holds exactly the adapter's tensors and restores the
+    same model into a fresh one; a checkpoint of another adapter is refused, naming what it lacks."""
+    method = make_method(GradDiff, adapter=kind)
+    optimizer_steps(method, qa_batch, steps=2)
+    ckpt = {"state_dict": method.state_dict()}
+    method.on_save_checkpoint(ckpt)
+    assert set(ckpt["state_dict"]) == set(method.trainable_names())
+    assert all("virtual_tokens.providers.default." in k for k in ckpt["state_dict"])
+    torch.manual_seed(7)
+    fresh = make_method(GradDiff, adapter=kind)
+    fb = qa_batch["forget"]
+    with torch.no_grad():
+        assert not torch.allclose(fresh(fb, logits=True).logits, method(fb, logits=True).logits, atol=1e-4)
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"], strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(fb, logits=True).logits, method(fb, logits=True).logits)
+    with pytest.raises(MethodError, match="the checkpoint lacks"):
+        make_method(GradDiff).on_load_checkpoint(ckpt)
 
 
 def test_encode_matches_data_module_tokenization(make_method, tokenizer):

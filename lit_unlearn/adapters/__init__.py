@@ -6,9 +6,13 @@ module here registers it for ``class_path: <Name>`` and for the contract tests.
 
 from lit_unlearn.adapters.base import Adapter
 from lit_unlearn.adapters.lora import LoRA, merge_saved_adapter
+from lit_unlearn.adapters.reft import LoReFT
+from lit_unlearn.adapters.saved import attach_saved_adapter, saved_adapter_type
+from lit_unlearn.adapters.virtual import Prefix, SoftPrompt
 from lit_unlearn.core.errors import AdapterError
 from lit_unlearn.core.registry import subclasses_in
 
 ADAPTERS: dict[str, type[Adapter]] = subclasses_in(Adapter, __name__)
 
-__all__ = ["ADAPTERS", "Adapter", "AdapterError", "LoRA", "merge_saved_adapter"]
+__all__ = ["ADAPTERS", "Adapter", "AdapterError", "LoRA", "LoReFT", "Prefix", "SoftPrompt", "attach_saved_adapter",
+           "merge_saved_adapter", "saved_adapter_type"]

@@ -7,9 +7,10 @@ B = 0 at initialisation, so a fresh LoRA is the identity and ``disabled()`` is t
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from lit_unlearn.adapters.base import Adapter
@@ -80,6 +81,25 @@ class LoRA(Adapter):
 
     def merge(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
+
+    @contextmanager
+    def negated(self, model: nn.Module, scale: float = 1.0):
+        """Within the block the adapter's update is -scale * delta (a negated task vector, Ilharco et al. 2023):
+        every ``lora_B`` is multiplied by -scale, and the exact weights are put back on exit."""
+        saved = []
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".lora_B." in name:
+                    saved.append((p, p.detach().clone()))
+                    p.mul_(-scale)
+        if not saved:
+            raise AdapterError("negated(): the model has no LoRA B matrices")
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, original in saved:
+                    p.copy_(original)
 
 
 def merge_saved_adapter(model: nn.Module, path: str | Path) -> nn.Module:

@@ -45,6 +45,8 @@ class Rule:
     repo: str
     path: Callable[[str | None, str], str | None]
     convert: Callable[[dict], dict] | None = None
+    #: reads the rows itself from the mapped file (a format the generic reader does not know); None: by suffix
+    reader: Callable[[Path, str], list[dict]] | None = None
 
 
 def _mmlu_row(row: dict) -> dict:
@@ -53,13 +55,38 @@ def _mmlu_row(row: dict) -> dict:
     return {**row, "choices": [str(c) for c in choices], "answer": int(row["answer"])}
 
 
+def _yelp_file(c: str | None, s: str) -> str | None:
+    """Yelp polarity: the forget splits are in ``yelp_unlearn/``; the full retain side is not in the mirror, so its
+    splits map to the Yelp review *sentences* of Shen et al. 2017 (``yelp_sentences/``, dev -> train_retain,
+    test -> test_retain), a Yelp-domain proxy that :func:`_read_yelp_sentences` reads (and says so)."""
+    if c not in (None, "default"):
+        return None
+    if s in ("train_forget", "test_forget"):
+        return f"yelp_unlearn/{s}.csv"
+    return {"train_retain": "yelp_sentences/sentiment.dev.0", "test_retain": "yelp_sentences/sentiment.test.0"}.get(s)
+
+
+def _read_yelp_sentences(negative: Path, split: str) -> list[dict]:
+    """``sentiment.<part>.0`` (negative) and ``.1`` (positive), one sentence per line, as ``text,label,label_text``
+    rows: all negative lines, then all positive ones."""
+    print(f"[lit_unlearn] {split}: Yelp polarity's retain side is not in the local mirror; reading the Yelp review "
+          f"sentences of Shen et al. 2017 ({negative.parent.name}/) as its proxy (docs/data.md)")
+    rows = []
+    for label, word in ((0, "negative"), (1, "positive")):
+        path = negative.with_suffix(f".{label}")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                rows.append({"text": line.strip(), "label": label, "label_text": word, "_where": f"{path}:{n}",
+                             "_index": len(rows)})
+    return rows
+
+
 CATALOG: dict[str, Rule] = {r.repo: r for r in (
     Rule("locuslab/TOFU", lambda c, s: f"tofu/{c}.jsonl" if c in TOFU_CONFIGS and s == "train" else None),
     Rule("karuna-bhaila/Unlearning_SST2v3",
          lambda c, s: f"sst2_unlearn/v3_{s}.csv" if c in (None, "default") and s in UNLEARN_SPLITS else None),
-    Rule("karuna-bhaila/Unlearning_Yelp_Polarity",
-         lambda c, s: f"yelp_unlearn/{s}.csv" if c in (None, "default") and s in ("train_forget", "test_forget")
-         else None),
+    Rule("karuna-bhaila/Unlearning_Yelp_Polarity", _yelp_file,
+         reader=lambda path, split: _read_yelp_sentences(path, split) if path.suffix == ".0" else None),
     Rule("cais/mmlu", lambda c, s: f"mmlu/{s}/{c}_{s}.csv" if c and s in ("test", "dev") else None,
          convert=_mmlu_row),
     # the Deeb & Roger files (GitHub aghyad-deeb/unlearning_evaluation, data/<config>/<split>.jsonl): config = the

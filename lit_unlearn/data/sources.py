@@ -48,7 +48,8 @@ class Source:
         if self.path is None:
             ds = _load_hub(self.hub, split)
             return [{**r, "_where": f"{self.hub}[{i}]", "_index": i} for i, r in enumerate(ds)]
-        rows = _read_local(self.path, split)
+        own = self.rule.reader(self.path, split) if self.rule is not None and self.rule.reader else None
+        rows = own if own is not None else _read_local(self.path, split)
         if self.rule is not None and self.rule.convert is not None:
             rows = [self.rule.convert(dict(r)) for r in rows]
         return rows

@@ -7,7 +7,8 @@ tokens), ``"<other>"``: a prediction that is not a label word counts as wrong.
 
 - ``label_acc`` = rows predicted as their gold label / rows (the same rows as ``answer``'s ``exact``)
 - ``label_f1``  = F1 per gold class c (2 TP_c / (2 TP_c + FP_c + FN_c)), averaged with weights = rows whose gold
-  label is c (scikit-learn's ``average="weighted"``); predictions of ``"<other>"`` are false negatives only.
+  label is c (scikit-learn's and torchmetrics' ``average="weighted"``, computed by torchmetrics); predictions of
+  ``"<other>"`` are false negatives only.
 
 Per-row artifact: ``id, index, gold, pred``.
 """
@@ -15,6 +16,8 @@ Per-row artifact: ``id, index, gold, pred``.
 from __future__ import annotations
 
 from collections import Counter
+
+import torch
 
 from lit_unlearn.eval.base import Evaluator, Scorer
 
@@ -40,13 +43,13 @@ class LabelEvaluator(Evaluator):
             self.rows.append({**key, "gold": gold, "pred": pred})
 
     def summarize(self, rows: list[dict]) -> dict[str, float]:
-        golds = Counter(r["gold"] for r in rows)
-        preds = [r["pred"] if r["pred"] in golds else OTHER for r in rows]
-        n = max(1, len(rows))
-        f1 = 0.0
-        for label, support in golds.items():
-            tp = sum(r["gold"] == label and p == label for r, p in zip(rows, preds))
-            fp = sum(r["gold"] != label and p == label for r, p in zip(rows, preds))
-            fn = support - tp
-            f1 += support * (2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-        return {"label_acc": sum(r["gold"] == p for r, p in zip(rows, preds)) / n, "label_f1": f1 / n}
+        if not rows:
+            return {"label_acc": 0.0, "label_f1": 0.0}
+        from torchmetrics.functional.classification import multiclass_f1_score
+
+        classes = sorted(Counter(r["gold"] for r in rows)) + [OTHER]
+        index = {c: i for i, c in enumerate(classes)}
+        gold = torch.tensor([index[r["gold"]] for r in rows])
+        pred = torch.tensor([index.get(r["pred"], index[OTHER]) for r in rows])
+        f1 = multiclass_f1_score(pred, gold, num_classes=len(classes), average="weighted")
+        return {"label_acc": (gold == pred).float().mean().item(), "label_f1": f1.item()}

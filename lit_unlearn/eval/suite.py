@@ -1,13 +1,15 @@
 """The evaluators of every split of a data module, run together: what validation and ``eval.py`` call.
 
 ``EvalSuite({"forget": [AnswerEvaluator()], "test_forget": [LabelEvaluator(), AnswerEvaluator()], ...})`` routes
-each batch to the evaluators of its split (``batch["split"]``), computes ``{split: {key: value}}`` and derives from
+each batch to the evaluators of its split (``batch["split"]``), computes ``{split: {key: value}}`` (plus
+``time_s``, the split's evaluation wall time on this process) and derives from
 the evaluators' own declarations what the reports need: the forget/retain trade-off (:meth:`tradeoff`) and the
 columns of the before/after table (:meth:`table_keys`).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from lit_unlearn.core.errors import EvalError
@@ -34,6 +36,7 @@ class EvalSuite:
         self.plan = {split: evaluators for split, evaluators in plan.items() if evaluators}
         self.aggregates = list(aggregates or [])
         self.tradeoff_splits = tradeoff
+        self.seconds: dict[str, float] = {}  # evaluation wall time per split since the last compute
         clash = [a.name for a in self.aggregates if a.name in self.plan]
         if clash:
             raise EvalError(f"aggregate {clash[0]!r} has the name of a split; rename the split")
@@ -42,9 +45,11 @@ class EvalSuite:
         split = batch.get("split")
         if split not in self.plan:
             raise EvalError(f"an evaluation batch of split {split!r} has no evaluators (splits: {', '.join(self.plan)})")
+        t0 = time.perf_counter()
         scorer = _BatchScorer(module, batch, logits=any(ev.needs_logits for ev in self.plan[split]))
         for ev in self.plan[split]:
             ev.update(scorer, batch)
+        self.seconds[split] = self.seconds.get(split, 0.0) + time.perf_counter() - t0
 
     def compute(self) -> dict[str, dict[str, float]]:
         """``{split: {key: value}}`` over every split, then ``{aggregate: {key: value}}`` (a collective under DDP:
@@ -52,6 +57,8 @@ class EvalSuite:
         out: dict[str, dict[str, float]] = {}
         for split, evaluators in self.plan.items():
             out[split] = {k: float(v) for ev in evaluators for k, v in ev.compute().items()}
+            # wall time of this split's evaluation on this process (the seed's runtime table, per split)
+            out[split]["time_s"] = round(self.seconds.pop(split, 0.0), 3)
         rows = {split: {ev.name: ev.last_rows for ev in evaluators} for split, evaluators in self.plan.items()}
         for agg in self.aggregates:
             values = agg.compute(rows, out)

@@ -1,7 +1,8 @@
 """Building the model a method trains, and exporting what it trained.
 
 :func:`assemble`: the tokenizer and the base (dtype, 4-bit, attention backend), a learn stage's adapter folded in
-(``init_adapter``, so "adapter disabled" is the learned model: the reference of NPO and KL), then the method's
+(``init_adapter``: a LoRA is merged, a prefix or soft prompt stacked frozen; so "adapter disabled" is the learned
+model: the reference of NPO and KL), then the method's
 adapter applied (or every parameter trainable without one). :func:`export_merged` writes the base with the adapter
 folded in as a plain transformers directory.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from lit_unlearn.adapters.base import Adapter
-from lit_unlearn.adapters.lora import merge_saved_adapter
+from lit_unlearn.adapters.saved import attach_saved_adapter
 from lit_unlearn.models.loading import AttnBackend, Quantize, load_causal_lm, load_tokenizer
 
 
@@ -28,7 +29,7 @@ def assemble(model: str, adapter: Adapter | None, init_adapter: str | list[str] 
     base = load_causal_lm(model, dtype, quantize, attn_backend, trust_remote_code)
     base.config.pad_token_id = tokenizer.pad_token_id
     for path in [init_adapter] if isinstance(init_adapter, str) else init_adapter or []:
-        base = merge_saved_adapter(base, path)  # in order: e.g. a learn stage's adapter, then an unlearning run's
+        base = attach_saved_adapter(base, path)  # in order: e.g. a learn stage's LoRA (merged), then a prefix (stacked)
     if check_base is not None:
         check_base(base)
     if adapter is None:
@@ -41,10 +42,24 @@ def assemble(model: str, adapter: Adapter | None, init_adapter: str | list[str] 
     return lm, tokenizer
 
 
-def export_merged(lm, adapter: Adapter | None, tokenizer, path: str | Path):
+def export_merged(lm, adapter: Adapter | None, tokenizer, path: str | Path, reload_base: Callable | None = None):
     """Save the base with ``adapter`` folded in, plus the tokenizer; returns the merged model (folded in place, no
-    second copy of the weights), which computes the same outputs as ``lm``."""
-    merged = adapter.merge(lm) if adapter is not None else lm
+    second copy of the weights), which computes the same outputs as ``lm``.
+
+    A 4-bit or 8-bit base (QLoRA) is not merged into its quantized weights: the adapter is saved, the base
+    reloaded unquantized by ``reload_base()`` (the run's dtype), and the adapter merged into that, as QLoRA
+    targets are usually exported; the result is a plain transformers directory any tool loads."""
+    quantized = getattr(lm, "is_loaded_in_4bit", False) or getattr(lm, "is_loaded_in_8bit", False)
+    if adapter is not None and quantized and reload_base is not None:
+        import tempfile
+
+        from lit_unlearn.adapters.saved import attach_saved_adapter
+
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter.save(lm, tmp)
+            merged = attach_saved_adapter(reload_base(), tmp)
+    else:
+        merged = adapter.merge(lm) if adapter is not None else lm
     merged.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return merged

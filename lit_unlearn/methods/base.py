@@ -30,7 +30,7 @@ from lit_unlearn.adapters.base import Adapter
 from lit_unlearn.core.errors import MethodError
 from lit_unlearn.core.scoring import TokenStats
 from lit_unlearn.core.tokens import IGNORE, collate, encode_batch
-from lit_unlearn.eval import EvalSuite, greedy_generate
+from lit_unlearn.eval import EVALUATORS, EvalSuite, greedy_generate
 from lit_unlearn.methods.assembly import assemble, export_merged
 from lit_unlearn.methods.optim import Schedule, build_optimization
 from lit_unlearn.methods.reference import ReferenceCache
@@ -49,6 +49,10 @@ class UnlearningMethod(L.LightningModule):
     needs_reference: ClassVar[bool] = False
     #: the retain term when the config leaves ``retain`` null
     default_retain: ClassVar[Retain] = "nll"
+    #: the adapter classes (by name) the method works with; None: any adapter (the contract suite runs them all)
+    adapter_types: ClassVar[tuple[str, ...] | None] = None
+    #: evaluators (names) the method adds to every evaluated split, after the data module's (GRUN: ``gate``)
+    extra_evaluators: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -110,6 +114,10 @@ class UnlearningMethod(L.LightningModule):
                                forget_weight=forget_weight, retain_weight=retain_weight, max_length=max_length)
         self.save_hyperparameters(ignore=["adapter", "optimizer"])
         self.hparams["retain"] = retain  # the effective term, not null
+        allowed = type(self).adapter_types
+        if allowed is not None and adapter is not None and type(adapter).__name__ not in allowed:
+            raise MethodError(f"{type(self).__name__} works with --model.adapter {' or '.join(allowed)}, got "
+                              f"{adapter!r}")
         if quantize is not None and adapter is None:
             raise MethodError("--model.quantize needs an adapter: a quantized base cannot be trained directly")
         if self.needs_reference and adapter is None:
@@ -156,14 +164,22 @@ class UnlearningMethod(L.LightningModule):
 
     def forward(self, batch: dict, logits: bool = False) -> TokenStats:
         """Per-token results of ``batch``; ``logits=True`` keeps the full (B, T, V) logits in them."""
-        extra = self.adapter.forward_kwargs(batch) if self.adapter is not None else {}
-        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **extra)
-        head = None if logits else self._lean_head(inputs, probe_one_row=not extra)
+        inputs = self.model_inputs(batch)
+        head = None if logits else self._lean_head(inputs, probe_one_row=len(inputs) == 3)
         if head is None:
             return TokenStats.from_logits(self.lm(**inputs).logits, batch["labels"])
         with capture_head_input(head) as seen:
             self.lm(**inputs)
         return TokenStats.from_hidden(seen[-1], head, batch["labels"])
+
+    def model_inputs(self, batch: dict) -> dict:
+        """The model's call arguments for ``batch``: its ids and mask, plus what the adapter adds from the batch's
+        other keys (``Adapter.forward_kwargs``; they override the defaults). Virtual-token adapters rewrite the
+        call inside the model and give back outputs aligned with ``input_ids``."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        if self.adapter is not None:
+            inputs.update(self.adapter.forward_kwargs(batch))
+        return inputs
 
     def _lean_head(self, inputs: dict, probe_one_row: bool) -> nn.Module | None:
         """The head for :meth:`TokenStats.from_hidden`, or None (``lean_head`` off, or the model does not qualify:
@@ -206,12 +222,27 @@ class UnlearningMethod(L.LightningModule):
         if self.retain == "nll":
             return stats.ce
         if self.retain == "kl":
-            ref = self.reference_stats(batch, logits=True)
-            logp = F.log_softmax(stats.logits.float(), -1)
-            logq = F.log_softmax(ref.logits.float(), -1)
-            kl = (logq.exp() * (logq - logp)).sum(-1)
-            return (kl * stats.mask).sum() / stats.mask.sum().clamp(min=1)
+            return self.kl_to_reference(batch, stats)
         return None
+
+    def kl_to_reference(self, batch: dict, stats: TokenStats) -> Tensor:
+        """KL(p_ref || p_theta) averaged over ``batch``'s answer tokens (``stats`` must hold logits). With
+        ``reference: cached`` each row's reference log-probabilities at its answer positions are computed once
+        (rows by id; |answer| x V floats per row, kept on the CPU, not in checkpoints: a resumed run recomputes
+        them, from the same unchanged reference model)."""
+        logp = F.log_softmax(stats.logits.float(), -1)[stats.mask]
+        if self.reference == "cached":
+            logq = self.reference_cache.lookup_rows(batch, self._reference_answer_logprobs).to(logp.device)
+        else:
+            ref = self.reference_stats(batch, logits=True)
+            logq = F.log_softmax(ref.logits.float(), -1)[ref.mask]
+        kl = (logq.exp() * (logq - logp)).sum(-1)
+        return kl.sum() / stats.mask.sum().clamp(min=1)
+
+    def _reference_answer_logprobs(self, batch: dict) -> list[Tensor]:
+        ref = self.reference_stats(batch, logits=True)
+        logq = F.log_softmax(ref.logits.float(), -1)
+        return [logq[i][ref.mask[i]].cpu() for i in range(logq.size(0))]
 
     def combine(self, forget: Tensor | None, retain: Tensor | None) -> Tensor:
         parts = [w * x for w, x in ((self.forget_weight, forget), (self.retain_weight, retain)) if x is not None]
@@ -224,16 +255,8 @@ class UnlearningMethod(L.LightningModule):
         logits = self.needs_logits
         if not self.fuse_forward or len(present) < 2:
             return [self(b, logits=logits) if b is not None else None for b in batches]
-        width = max(b["input_ids"].size(1) for b in present)
         pad = self.tokenizer.pad_token_id
-
-        def widen(t: Tensor, fill: int) -> Tensor:
-            return F.pad(t, (0, width - t.size(1)), value=fill)
-
-        fused = {"input_ids": torch.cat([widen(b["input_ids"], pad) for b in present]),
-                 "attention_mask": torch.cat([widen(b["attention_mask"], 0) for b in present]),
-                 "labels": torch.cat([widen(b["labels"], IGNORE) for b in present])}
-        stats = self(fused, logits=logits)
+        stats = self(fuse_batches(present, pad), logits=logits)
         out, start = [], 0
         for b in batches:
             if b is None:
@@ -302,9 +325,8 @@ class UnlearningMethod(L.LightningModule):
                 rows = [{"input_ids": enc[i], "labels": enc[i]} for i in idx]
                 batch = collate(rows, self.tokenizer.pad_token_id)
                 batch = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
-                extra = self.adapter.forward_kwargs(batch) if self.adapter is not None else {}
-                inputs = dict(batch, use_cache=False, **extra)
-                head = self._lean_head(inputs, probe_one_row=not extra)
+                inputs = self.model_inputs(batch)
+                head = self._lean_head(inputs, probe_one_row=len(inputs) == 3)
                 if head is None:
                     states = self.lm(**inputs).logits
                 else:
@@ -330,7 +352,10 @@ class UnlearningMethod(L.LightningModule):
             if dm is None or not hasattr(dm, "evaluators_for"):
                 raise MethodError("evaluation needs a lit_unlearn data module (--data), which names each split's "
                                   "evaluators")
-            self.suite = EvalSuite({split: dm.evaluators_for(split) for split in dm.split_names},
+            plan = {split: dm.evaluators_for(split) for split in dm.split_names}
+            plan = {split: evs + [EVALUATORS[n]() for n in self.extra_evaluators] if evs else evs
+                    for split, evs in plan.items()}
+            self.suite = EvalSuite(plan,
                                    aggregates=dm.aggregates(), tradeoff=dm.tradeoff_splits)
         return self.suite
 
@@ -361,8 +386,15 @@ class UnlearningMethod(L.LightningModule):
     on_test_epoch_end = on_validation_epoch_end
 
     # ---- optimisation and checkpoints -----------------------------------------------------------------------
+    def trainable(self) -> list[tuple[str, nn.Parameter]]:
+        """``(state-dict name, parameter)`` of what this run trains: the adapter's parameters, found through the
+        adapter (``Adapter.trainable_parameters``), or every parameter without one."""
+        if self.adapter is None or self.lm is None:
+            return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        return [(f"lm.{n}", p) for n, p in self.adapter.trainable_parameters(self.lm)]
+
     def configure_optimizers(self):
-        return build_optimization((p for p in self.parameters() if p.requires_grad),
+        return build_optimization((p for _, p in self.trainable()),
                                   self.trainer.estimated_stepping_batches, self.lr, self.weight_decay,
                                   self.warmup_ratio, self.lr_schedule, self.optimizer_factory)
 
@@ -376,7 +408,7 @@ class UnlearningMethod(L.LightningModule):
 
     def trainable_names(self) -> list[str]:
         """State-dict names of the trainable tensors: what a checkpoint holds and must hold."""
-        return [n for n, p in self.named_parameters() if p.requires_grad]
+        return [n for n, _ in self.trainable()]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable tensors (the adapter) in the checkpoint: the base is reloaded from ``model``."""
@@ -418,7 +450,13 @@ class UnlearningMethod(L.LightningModule):
 
         Afterwards this module holds the merged model and no adapter, which computes the same outputs.
         """
-        self.lm, self.adapter = export_merged(self.lm, self.adapter, self.tokenizer, path), None
+        def reload_base():
+            from lit_unlearn.methods.assembly import assemble
+
+            return assemble(self.model_name, None, self.init_adapter, self.dtype_name, None, self.attn_backend,
+                            self.trust_remote_code)[0].to(self.device)
+
+        self.lm, self.adapter = export_merged(self.lm, self.adapter, self.tokenizer, path, reload_base), None
         self._head = None
 
 
@@ -434,3 +472,27 @@ def _check_hyperparameters(**values: float) -> None:
     for name, value in values.items():
         if not value >= 0:
             raise MethodError(f"--model.{name} must be >= 0, got {value}")
+
+
+def fuse_batches(batches: list[dict], pad_id: int) -> dict:
+    """One batch of the rows of ``batches`` (forget and retain rows in one forward), right-padded to the widest:
+    ``input_ids`` with ``pad_id``, ``labels`` with -100, and every other tensor whose second dimension is the
+    sequence (a token mask, intervention positions per token) with 0; per-row tensors (weights) and lists (ids,
+    prompts) are concatenated, so every key of the batches reaches the adapter's call arguments."""
+    width = max(b["input_ids"].size(1) for b in batches)
+    fused: dict = {}
+    for key in batches[0]:
+        values = [b.get(key) for b in batches]
+        if any(v is None for v in values):
+            continue
+        if all(isinstance(v, Tensor) for v in values):
+            seq = all(v.dim() >= 2 and v.size(1) == b["input_ids"].size(1) for v, b in zip(values, batches))
+            if seq:
+                fill = pad_id if key == "input_ids" else IGNORE if key == "labels" else 0
+                values = [F.pad(v, (0, 0) * (v.dim() - 2) + (0, width - v.size(1)), value=fill) for v in values]
+            fused[key] = torch.cat(values)
+        elif all(isinstance(v, list) for v in values):
+            fused[key] = [x for v in values for x in v]
+        else:
+            fused[key] = values[0]
+    return fused

@@ -69,6 +69,7 @@ class RMU(UnlearningMethod):
     """RMU (module docstring): steer forget activations at one layer to a random vector, keep retain activations."""
 
     default_retain = "nll"  # "a retain term": RMU's is the activation match; only none turns it off
+    adapter_types = ("LoRA",)  # it updates chosen modules' weights: the modules themselves, or a LoRA on them
 
     def __init__(self, *args, layer: int = 7, steering: float = 6.5, alpha: float = 1200.0,
                  train_layers: list[int] | None = None, param_module: str = "mlp.down_proj", **kwargs):
@@ -168,8 +169,7 @@ class RMU(UnlearningMethod):
 
         handle = self._layer_module.register_forward_hook(hook)
         try:
-            extra = self.adapter.forward_kwargs(batch) if self.adapter is not None else {}
-            self.lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **extra)
+            self.lm(**self.model_inputs(batch))
         except _Stop:
             pass
         finally:
