@@ -229,6 +229,7 @@ class UnlearnCLI(LightningCLI):
             "global_step": self.trainer.global_step,
             "collapse_events": events,
             "history": self.model.eval_history,  # the evaluations inside fit, one per validation
+            "trainable_params": sum(p.numel() for _, p in self.model.trainable()),
         })
         if self.status != "finished":
             self.exit_code = EXIT_COLLAPSED
@@ -262,6 +263,7 @@ def cli_main(args=None, run: bool = True, config_filename: str = "config.yaml") 
     """The project's CLI; ``args`` (a list) lets tests and scripts call the real thing in-process. The returned
     CLI's ``exit_code`` and ``status`` say how the run ended; errors propagate (see :func:`main`)."""
     import lit_unlearn.data  # noqa: F401
+    import lit_unlearn.influence.stage  # noqa: F401  (the Influence predict stage and its writer)
     import lit_unlearn.methods  # noqa: F401
 
     return UnlearnCLI(

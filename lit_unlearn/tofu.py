@@ -9,7 +9,9 @@ in ``<out>/<stage>``:
 1. ``retain``: fine-tuned on the retain set alone; its evaluation rows (``rows/after``) are the reference of forget
    quality and of the membership-inference privacy leak for every later stage;
 2. ``finetune``: fine-tuned on forget + retain: the model to unlearn from;
-3. one run per method in ``--methods`` (a file name of ``configs/tofu/``), starting from the learned adapter.
+3. one run per method in ``--methods`` (a file name of ``configs/tofu/``), starting from the learned adapter;
+   ``tnpo`` first runs its token selection (``train.py predict`` with ``token_scores.yaml``, in
+   ``<out>/token_scores``), ``grun`` trains a gated LoReFT and its row reports the mean gate value per split.
 
 Each model is evaluated once: the learn stage evaluates the base model before training and the learned model
 after, so the retain and unlearning stages skip their evaluation before fit (``--eval_before false``; the
@@ -51,6 +53,26 @@ def run_stage(stage: str, out: Path, extra: list[str], mini: int | None) -> dict
     return stages.run_stage(configs, out, stage, extra)
 
 
+def token_scores(out: Path, extra: list[str], mini: int | None) -> Path:
+    """TNPO's token-selection stage (``train.py predict`` with ``configs/tofu/token_scores.yaml``); reused when its
+    file exists. Returns the token-mask file."""
+    folder = out / "token_scores"
+    masks = folder / "token_masks.jsonl"
+    if masks.is_file():
+        print(f"[lit_unlearn] reusing the token selection {masks}")
+        return masks
+    args = ["predict", "--config", str(CONFIG_DIR / "base.yaml"), "--config", str(CONFIG_DIR / "token_scores.yaml")]
+    if mini is not None:
+        args += ["--config", str(CONFIG_DIR / "mini.yaml"), "--data.init_args.mini", str(mini)]
+    args += ["--trainer.callbacks.init_args.out_dir", str(folder), "--trainer.logger.init_args.save_dir",
+             str(out.parent), "--trainer.logger.init_args.name", out.name, "--trainer.logger.init_args.version",
+             "token_scores", "--data.init_args.reference", "null", *extra]
+    cli = stages.cli_main(args)
+    if cli.exit_code not in (0, None):
+        raise SystemExit(cli.exit_code)
+    return masks
+
+
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", mini: int | None = None,
                  model: str | None = None, learn_lr: float | None = None, learn_epochs: int | None = None,
                  unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0) -> dict:
@@ -78,9 +100,14 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
     # again; the collapse guard's floor (half the retain probability before unlearning) is set from that evaluation
     learned = records["finetune"]["metrics"]["after"]
     floor = ["--guard.relative", "false", "--guard.retain_floor", str(0.5 * learned["retain_eval"]["prob"])]
+    learned_adapter = ["--model.init_args.init_adapter", str(out / "finetune" / "adapter")]
     for method in methods:
-        records[method] = run_stage(method, out, flags("unlearn") + reference + floor + [
-            "--eval_before", "false", "--model.init_args.init_adapter", str(out / "finetune" / "adapter")], mini)
+        extra = []
+        if method == "tnpo":  # its token selection first: a predict stage on the learned model
+            masks = token_scores(out, flags("unlearn") + learned_adapter, mini)
+            extra = ["--data.init_args.token_masks", json.dumps({"forget": str(masks)})]
+        records[method] = run_stage(method, out, flags("unlearn") + reference + floor + extra + [
+            "--eval_before", "false", *learned_adapter], mini)
     summary = {"stages": {name: summarize(rec) for name, rec in records.items()}, "mini": mini,
                "wall_time_s": round(time.time() - t0, 1), "versions": package_versions()}
     write_json_atomic(out / "tofu_summary.json", summary)
@@ -93,6 +120,10 @@ def summarize(record: dict) -> dict:
     after = record["metrics"].get("after", {})
     row = {label: after.get(split, {}).get(key) for split, key, label in COLUMNS}
     row["status"] = record.get("status", "finished")
+    row["trainable_params"] = record["metrics"].get("trainable_params")
+    gates = {split: v["gate_mean"] for split, v in after.items() if "gate_mean" in v}
+    if gates:
+        row["gate"] = gates  # GRUN: the mean gate value per split (open on forget, shut elsewhere)
     row["wall_time_s"] = record.get("wall_time_s", {})
     events = record["metrics"].get("collapse_events") or []
     if events and events[-1].get("evaluation"):

@@ -179,9 +179,13 @@ def qa_batch(tiny_model_dir, qa_files) -> dict:
 @pytest.fixture
 def batch_for(tiny_model_dir, qa_files, qa_batch):
     """``batch_for(cls)``: the batch a method's contract tests use - ``qa_batch``, or for the reasoning-trace methods
-    (``needs_cot``) the same rows read with their chain of thought."""
+    (``needs_cot``) the same rows read with their chain of thought, or for RapidUn with a clean response per forget
+    row."""
 
     def _batch(cls) -> dict:
+        if cls.__name__ == "RapidUn":  # forget rows with a clean response beside the (poisoned) answer
+            n = len(qa_batch["forget"]["answer"])
+            return {**qa_batch, "forget": {**qa_batch["forget"], "answer_clean": [" Nowhere"] * n}}
         if not getattr(cls, "needs_cot", False):
             return qa_batch
         return first_train_batch(make_qa_datamodule(tiny_model_dir, qa_files, batch_size=2, cot_field="cot"))

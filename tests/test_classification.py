@@ -401,7 +401,7 @@ def test_the_classification_pipeline_runs_every_config(tiny_model_dir, tmp_path,
              "--data.init_args.eval_splits", json.dumps({"test_forget": files["test_forget"],
                                                          "test_retain": files["test_retain"]}),
              "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "8",
-             "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--guard.enabled", "false"]
+             "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
     summary = run_pipeline("sst2", METHODS, tmp_path / "run", mini=4, quantize=False, model=tiny_model_dir,
                            extra=extra)
     assert list(summary["stages"]) == ["classifier", *METHODS]
@@ -412,6 +412,14 @@ def test_the_classification_pipeline_runs_every_config(tiny_model_dir, tmp_path,
             assert 0 <= values["label_acc"] <= 1 and values["time_s"] >= 0
     run = tmp_path / "run"
     assert (run / "classifier" / "merged" / "config.json").is_file()  # the target: a transformers directory
+    # the collapse guard's floor comes from the target's evaluation (no evaluation before each unlearning fit);
+    # PI-Prefix's configs turn the floor off
+    import yaml
+
+    learned = json.loads((run / "classifier" / "metrics.json").read_text())["metrics"]["after"]["retain"]["acc"]
+    guard = yaml.safe_load((run / "grad_ascent" / "config.yaml").read_text())["guard"]
+    assert guard["relative"] is False and guard["retain_floor"] == pytest.approx(0.5 * learned)
+    assert yaml.safe_load((run / "pi_prefix" / "config.yaml").read_text())["guard"]["retain_floor"] is None
     assert json.loads((run / "pi_prefix" / "adapter" / "adapter_config.json").read_text())["transform"] == ["pinv"]
     assert json.loads((run / "pi_prefix" / "adapter_trained" / "adapter_config.json").read_text())["transform"] == []
     assert saved_adapter_type(run / "spul" / "adapter") == "SoftPrompt"

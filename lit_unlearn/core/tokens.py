@@ -36,7 +36,7 @@ def collate(rows: Sequence[dict], pad_id: int, split: str | None = None) -> dict
     """Right-pad encoded records into a batch.
 
     Returns ``input_ids``, ``attention_mask``, ``labels`` (B, T) tensors, ``index`` (B,) long and, when the rows
-    carry it, ``weight`` (B,) float; every other field of the records (``id``, ``prompt``, ``answer`` and whatever
+    carry them, ``weight`` (B,) float and ``token_mask`` (B, T) long; every other field of the records (``id``, ``prompt``, ``answer`` and whatever
     a benchmark adds: paraphrases, choices, ...) as a list with one entry per row; and ``split``, the split name
     (one string: a batch holds one split).
     """
@@ -54,7 +54,13 @@ def collate(rows: Sequence[dict], pad_id: int, split: str | None = None) -> dict
              "index": torch.tensor([r.get("index", i) for i, r in enumerate(rows)], dtype=torch.long)}
     if any("weight" in r for r in rows):
         batch["weight"] = torch.tensor([float(r.get("weight", 1.0)) for r in rows])
-    skip = {*TOKEN_FIELDS, "n_answer", "index", "weight", "split"}
+    if any("token_mask" in r for r in rows):  # per-token selection (TNPO), aligned with input_ids; 0 = padding
+        token_mask = torch.zeros((n, width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            m = r.get("token_mask") or []
+            token_mask[i, :len(m)] = torch.tensor(m, dtype=torch.long)
+        batch["token_mask"] = token_mask
+    skip = {*TOKEN_FIELDS, "n_answer", "index", "weight", "split", "token_mask"}
     for key in dict.fromkeys(k for r in rows for k in r):  # every other field, in first-seen order
         if key not in skip:
             batch[key] = [r.get(key) for r in rows]

@@ -1,6 +1,7 @@
 """Benchmarks as LightningDataModules: one file each, on the forget/retain base in ``base.py``."""
 
 from lit_unlearn.core.errors import DataError
+from lit_unlearn.data.backdoor import BackdoorDataModule
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.data.deeb_roger import DeebRogerDataModule
 from lit_unlearn.data.mcq import MCQDataModule
@@ -9,5 +10,5 @@ from lit_unlearn.data.qa import QADataModule
 from lit_unlearn.data.sst2 import SST2DataModule
 from lit_unlearn.data.tofu import TOFUDataModule
 
-__all__ = ["DataError", "DeebRogerDataModule", "ForgetRetainDataModule", "MCQDataModule", "QADataModule",
+__all__ = ["BackdoorDataModule", "DataError", "DeebRogerDataModule", "ForgetRetainDataModule", "MCQDataModule", "QADataModule",
            "RatioSampler", "SST2DataModule", "TOFUDataModule"]

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from lit_unlearn.core.errors import DataError
-from lit_unlearn.core.tokens import collate, encode
+from lit_unlearn.core.tokens import IGNORE, collate, encode
 from lit_unlearn.data.loaders import ResumableLoader
 from lit_unlearn.data.mixing import RatioSampler
 from lit_unlearn.data.sources import resolve
@@ -85,6 +85,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
         too_long: Literal["error", "skip"] = "error",
         id_field: str | None = None,
         weights: dict[str, str] | None = None,
+        token_masks: dict[str, str] | None = None,
         evaluators: dict[str, list[str]] | None = None,
         train_splits: list[str] | None = None,
         seed: int = 0,
@@ -109,6 +110,9 @@ class ForgetRetainDataModule(L.LightningDataModule):
             id_field: the source field holding each row's id; null: the row's 0-based position in its source.
             weights: per-row weights, split -> a file of ``{"id" or "index", "weight"}`` rows (e.g. influence
                 weights), joined on the rows' ids; every row of the split needs one. Overrides a ``weight`` field.
+            token_masks: per-token selections, split -> a file of ``{"id", "tokens": [positions]}`` rows (positions
+                in the row's tokenized prompt + answer, e.g. from the TokenScores stage); each row of the split gets a
+                ``token_mask`` (TNPO reads it); every row needs one and every position must be an answer token.
             evaluators: the evaluators of a split, split -> names (``answer``, ``label``, ...); other splits run
                 the data module's defaults; an empty list leaves a split out of evaluation.
             train_splits: the splits trained on, among ``forget`` and ``retain`` (default both; ``[retain]``
@@ -139,6 +143,10 @@ class ForgetRetainDataModule(L.LightningDataModule):
         if bad or not self.train_splits:
             raise DataError(f"--data.train_splits: {bad[0] if bad else 'nothing'!r} cannot be trained on; choose "
                             f"among the configured {', '.join(s for s in TRAIN_SPLITS if s in self.sources)}")
+        for split in token_masks or {}:
+            if split not in self.sources:
+                raise DataError(f"--data.token_masks names split {split!r}, which is not one of: "
+                                f"{', '.join(self.sources)}")
         for split in weights or {}:
             if split not in self.sources:
                 raise DataError(f"--data.weights names split {split!r}, which is not one of: {', '.join(self.sources)}")
@@ -148,6 +156,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
         self.mixing, self.retain_ratio = mixing, retain_ratio
         self.max_rows, self.too_long = max_rows, too_long
         self.id_field, self.weights, self.evaluator_names = id_field, dict(weights or {}), dict(evaluators or {})
+        self.token_masks = dict(token_masks or {})
         self.seed, self.num_workers = seed, num_workers
         self.tokenizer = None
         self.datasets: dict[str, RowsDataset] = {}
@@ -213,6 +222,7 @@ class ForgetRetainDataModule(L.LightningDataModule):
             keep = sorted(random.Random(f"{self.seed}:{name}").sample(range(len(raw)), limit))
             raw = [raw[i] for i in keep]
         weights = self._read_weights(split) if split in self.weights else None
+        masks = self._read_token_masks(split) if split in self.token_masks else None
         rows, skipped, ids = [], 0, set()
         for r in raw:
             rec = self.record(r, split)
@@ -241,7 +251,17 @@ class ForgetRetainDataModule(L.LightningDataModule):
                 rec["weight"] = table[k]
             elif "weight" in r:
                 rec["weight"] = float(r["weight"])
+            if masks is not None:
+                rec["token_mask"] = self._token_mask(split, masks, rid, enc)
             rows.append({**rec, **enc})
+        if weights is not None and limit is None and not skipped:
+            key, table = weights
+            seen = {r["id"] if key == "id" else r["index"] for r in rows}
+            stray = [k for k in table if k not in seen]
+            if stray:
+                raise DataError(f"{split}: the weights file {self.weights[split]} (--data.weights.{split}) has a "
+                                f"weight for {key} {stray[0]!r}, which is not a row of the split: it was computed "
+                                "for another set")
         if skipped:
             print(f"[lit_unlearn] {split}: skipped {skipped} rows longer than max_length={self.max_length}")
         if not rows:
@@ -267,6 +287,27 @@ class ForgetRetainDataModule(L.LightningDataModule):
                 raise DataError(f"{where}: {r['_where']} needs {key!r} and 'weight' fields (--data.weights.{split})")
             table[str(r[key]) if key == "id" else int(r[key])] = float(r["weight"])
         return key, table
+
+    def _read_token_masks(self, split: str) -> dict[str, list[int]]:
+        where = f"token_masks.{split}"
+        table = {}
+        for r in resolve(self.token_masks[split], where).read(where):
+            if r.get("id") is None or not isinstance(r.get("tokens"), list):
+                raise DataError(f"{where}: {r['_where']} needs 'id' and a 'tokens' list (--data.token_masks.{split})")
+            table[str(r["id"])] = [int(t) for t in r["tokens"]]
+        return table
+
+    def _token_mask(self, split: str, table: dict[str, list[int]], rid: str, enc: dict) -> list[int]:
+        if rid not in table:
+            raise DataError(f"{split}: the token-mask file (--data.token_masks.{split}) has no row id {rid!r}")
+        mask = [0] * len(enc["input_ids"])
+        for t in table[rid]:
+            if not 0 <= t < len(mask) or enc["labels"][t] == IGNORE:
+                raise DataError(f"{split}: the token-mask file (--data.token_masks.{split}) selects position {t} of "
+                                f"row {rid!r}, which is not one of its answer tokens (was it made with another "
+                                "tokenizer or template?)")
+            mask[t] = 1
+        return mask
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -317,11 +358,19 @@ class ForgetRetainDataModule(L.LightningDataModule):
         return CombinedLoader(loaders, mode=self.mixing)
 
     def val_dataloader(self):
+        return self._each_row_once(self.eval_split_names)
+
+    def predict_dataloader(self):
+        """The trained splits (forget, then retain), every row once, sharded across ranks: what a per-row stage
+        (``train.py predict``, e.g. the influence stage) reads."""
+        return self._each_row_once([s for s in TRAIN_SPLITS if s in self.datasets])
+
+    def _each_row_once(self, splits: list[str]):
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
         world, rank = self._world()
         loaders = []
-        for name in self.eval_split_names:
+        for name in splits:
             ds = self.datasets[name]
             # no padding duplicates across ranks: every row is evaluated exactly once
             sampler = UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)

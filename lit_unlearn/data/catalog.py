@@ -92,6 +92,10 @@ CATALOG: dict[str, Rule] = {r.repo: r for r in (
     # the Deeb & Roger files (GitHub aghyad-deeb/unlearning_evaluation, data/<config>/<split>.jsonl): config = the
     # data set (random_bd, wmdp-deduped, ...), split = the file's stem (split_0, corpus_split_0, whp_corpus_split_0)
     Rule("aghyad-deeb/unlearning_evaluation", lambda c, s: f"deeb_roger/{c}/{s}.jsonl" if c else None),
+    # the RapidUn backdoor data (GitHub eyerf/RapidUn, data/<config>/<split>.jsonl): config = the folder
+    # (unlearn_packs, dolly_triggers_out), split = the file's stem (forget_set, retain_set, train_poisoned, ...)
+    Rule("eyerf/RapidUn", lambda c, s: f"rapidun/{c}/{s}.jsonl" if c in ("unlearn_packs", "dolly_triggers_out")
+         else None),
 )}
 
 

@@ -6,6 +6,7 @@ so a new evaluator is registered by being imported here.
 
 from lit_unlearn.core.registry import subclasses_in
 from lit_unlearn.eval.answer import AnswerEvaluator
+from lit_unlearn.eval.backdoor import BackdoorEvaluator, PerplexityEvaluator
 from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer, gather_rows
 from lit_unlearn.eval.gate import GateEvaluator
 from lit_unlearn.eval.generate import greedy_generate
@@ -17,6 +18,6 @@ from lit_unlearn.eval.tofu import TOFUEvaluator, TOFUSummary
 
 EVALUATORS: dict[str, type[Evaluator]] = {cls.name: cls for cls in subclasses_in(Evaluator, __name__).values()}
 
-__all__ = ["EVALUATORS", "Aggregate", "AnswerEvaluator", "EvalSuite", "Evaluator", "GateEvaluator", "LabelEvaluator", "MCQEvaluator",
+__all__ = ["EVALUATORS", "Aggregate", "AnswerEvaluator", "BackdoorEvaluator", "PerplexityEvaluator", "EvalSuite", "Evaluator", "GateEvaluator", "LabelEvaluator", "MCQEvaluator",
            "MIAEvaluator", "MIASummary", "Scorer", "TOFUEvaluator", "TOFUSummary", "format_table", "gather_rows",
            "greedy_generate"]

@@ -12,6 +12,7 @@ from lit_unlearn.methods.finetune import Finetune
 from lit_unlearn.methods.grad_ascent import GradAscent, GradAscentKL, GradDiff
 from lit_unlearn.methods.npo import NPO, SimNPO
 from lit_unlearn.methods.reasoning import GA1, GA2, GA3, IDK1, IDK2, IDK3
+from lit_unlearn.methods.rapidun import RapidUn
 from lit_unlearn.methods.relabel import IDK, RandomLabel
 from lit_unlearn.methods.representation import GRUN, TNPO
 from lit_unlearn.methods.rmu import RMU
