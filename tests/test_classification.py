@@ -387,7 +387,8 @@ def test_yelp_hub_ids_read_the_mirror_and_the_retain_proxy(tiny_model_dir):
 
 
 # ---- the pipeline, every config at smoke size -----------------------------------------------------------------------------
-def test_the_classification_pipeline_runs_every_config(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset", ["sst2", "yelp"])
+def test_the_classification_pipeline_runs_every_config(dataset, tiny_model_dir, tmp_path, monkeypatch):
     from lit_unlearn.classification import METHODS, format_markdown, run_pipeline
 
     monkeypatch.chdir(REPO_ROOT)
@@ -402,7 +403,7 @@ def test_the_classification_pipeline_runs_every_config(tiny_model_dir, tmp_path,
                                                          "test_retain": files["test_retain"]}),
              "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "8",
              "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
-    summary = run_pipeline("sst2", METHODS, tmp_path / "run", mini=4, quantize=False, model=tiny_model_dir,
+    summary = run_pipeline(dataset, METHODS, tmp_path / "run", mini=4, quantize=False, model=tiny_model_dir,
                            extra=extra)
     assert list(summary["stages"]) == ["classifier", *METHODS]
     for stage, row in summary["stages"].items():

@@ -138,3 +138,45 @@ def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp
     assert set(summary["reference_weights"]) == {"forget", "retain"}
     assert summary["reference_weights"]["forget"]["rows"] == 6
     assert format_markdown(summary).count("\n") == len(METHODS) + 2
+
+
+def test_the_influence_stage_under_ddp_equals_one_process(tiny_model_dir, backdoor_files, tmp_path):
+    """Two CPU ranks shard the rows and the gradients are gathered: the weights files equal a single process's."""
+    import os
+    import subprocess
+    import sys
+
+    from lit_unlearn.cli import cli_main
+
+    def args(out, *more):
+        return ["predict", "--config", "configs/rapidun/base.yaml", "--config", "configs/rapidun/influence.yaml",
+                "--model.init_args.model", tiny_model_dir, "--model.init_args.k", "1024",
+                "--model.init_args.pad_multiple", "1024", "--data.init_args.forget", backdoor_files["forget"],
+                "--data.init_args.retain", backdoor_files["retain"], "--data.init_args.eval_batch_size", "4",
+                "--trainer.callbacks.init_args.out_dir", str(out), "--trainer.callbacks.init_args.top_k", "8",
+                "--trainer.callbacks.init_args.top_n", "4", "--trainer.logger.init_args.save_dir", str(out / "logs"),
+                "--trainer.enable_progress_bar", "false", *more]
+
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        cli_main(args(tmp_path / "one"))
+    finally:
+        os.chdir(cwd)
+    script = tmp_path / "run.py"
+    script.write_text("import sys\nfrom lit_unlearn.cli import cli_main\ncli_main(sys.argv[1:])\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script), *args(tmp_path / "two", "--trainer.devices", "2",
+                                                             "--trainer.strategy", "ddp", "--trainer.accelerator",
+                                                             "cpu")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "two" / "grads" / "forget").glob("rank1-*.pt"))) > 0  # rank 1 did its share
+    for side in ("forget", "retain"):
+        one = {json.loads(x)["id"]: json.loads(x)["weight"]
+               for x in (tmp_path / "one" / f"{side}_weights.jsonl").read_text().splitlines()}
+        two = {json.loads(x)["id"]: json.loads(x)["weight"]
+               for x in (tmp_path / "two" / f"{side}_weights.jsonl").read_text().splitlines()}
+        assert one.keys() == two.keys() and len(one) == {"forget": 6, "retain": 12}[side]
+        for k in one:
+            assert two[k] == pytest.approx(one[k], rel=1e-3, abs=1e-4), (side, k)

@@ -1,7 +1,9 @@
 """The adapter contract: how a parameter-efficient adapter attaches to, and detaches from, a frozen base LM.
 
-LoRA implements it now; prefix tuning, soft prompts and ReFT interventions implement the same five operations.
-An adapter object holds only its hyper-parameters; the state lives in the model it was applied to.
+LoRA (through PEFT), Prefix and SoftPrompt (virtual tokens) and LoReFT (interventions) implement it. An adapter
+object holds only its hyper-parameters; the state lives in the model it was applied to. A saved adapter given as
+``init_adapter`` is merged into the base (LoRA) or stacked frozen under the next one (the others;
+``lit_unlearn.adapters.saved``). Every method x adapter pair a method accepts runs the method contract tests.
 """
 
 from __future__ import annotations
@@ -17,20 +19,24 @@ from torch import nn
 class Adapter(ABC):
     """Base class of every adapter.
 
-    Contract (all five are tested for every adapter in ``tests/test_adapters.py``):
+    Contract (tested for LoRA in ``tests/test_adapters.py``, for Prefix / SoftPrompt in
+    ``tests/test_classification.py``, for LoReFT in ``tests/test_reft.py``):
 
     - ``apply(model) -> model``: freeze the base and attach the adapter; returns the model to train.
     - ``disabled(model)``: a context in which the model computes exactly the base model (the reference model
       of NPO/KL methods, with no copy of the weights).
     - ``trainable_parameters(model)``: the adapter's parameters, and nothing of the base.
     - ``save(model, path)`` / ``load(model, path)``: the adapter alone, to and from a directory.
-    - ``merge(model) -> model``: fold the adapter into the base for export (a plain ``PreTrainedModel``).
+    - ``merge(model) -> model``: fold the adapter into the base for export (a plain ``PreTrainedModel``); an
+      adapter that cannot be folded into weights (a prefix, a prompt, an intervention) raises ``AdapterError``.
 
     ``starts_as_identity`` says whether a freshly applied adapter leaves the model's outputs unchanged
     (LoRA with B = 0 does); only then is "adapter disabled" the same model as "before unlearning".
 
-    ``forward_kwargs(batch)`` lets an adapter change how the model is called (extra ``past_key_values`` for a
-    prefix, intervention positions for ReFT) without the data modules knowing; the default adds nothing.
+    ``forward_kwargs(batch)`` sees every batch the method gives the model (the fused forget + retain batch with all
+    its keys) and returns call arguments to add or override; the default adds nothing. The virtual-token and ReFT
+    adapters act through hooks inside the model instead (LoReFT reads the prompt boundary from the batch here),
+    and the model's outputs stay aligned with ``input_ids``.
     """
 
     starts_as_identity: bool = True

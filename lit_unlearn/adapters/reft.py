@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from lit_unlearn.adapters.virtual import TRAINABLE, ModuleAdapter, decoder_of, widths
+from lit_unlearn.adapters.virtual import TRAINABLE, ModuleAdapter, container_on, widths
 from lit_unlearn.core.errors import AdapterError
 from lit_unlearn.core.tokens import IGNORE
 
@@ -85,6 +85,11 @@ class Interventions(nn.Module):
         self.providers = nn.ModuleDict()
         self._pending: tuple[torch.Size, Tensor] | None = None  # (input shape, prompt lengths) from the batch
         self._where: dict[str, Tensor] = {}
+
+    def install(self, decoder: nn.Module) -> None:
+        decoder.register_forward_pre_hook(self.before, with_kwargs=True)
+        for i, layer in enumerate(decoder.layers):
+            layer.register_forward_hook(self.edit(i))
 
     def expect(self, input_ids: Tensor, labels: Tensor | None) -> None:
         """The prompt length of every row of the next forward of this shape (first scored label position)."""
@@ -159,15 +164,7 @@ class Interventions(nn.Module):
 
 def interventions(model: nn.Module, create: bool = False) -> Interventions | None:
     """The :class:`Interventions` of ``model``'s decoder (attached, with its hooks, when ``create``)."""
-    decoder = decoder_of(model)
-    iv = getattr(decoder, "interventions", None)
-    if iv is None and create:
-        iv = Interventions()
-        decoder.interventions = iv
-        decoder.register_forward_pre_hook(iv.before, with_kwargs=True)
-        for i, layer in enumerate(decoder.layers):
-            layer.register_forward_hook(iv.edit(i))
-    return iv
+    return container_on(model, "interventions", Interventions, create)
 
 
 class LoReFT(ModuleAdapter):

@@ -131,6 +131,10 @@ class VirtualTokens(nn.Module):
     def active(self) -> list[nn.Module]:
         return [p for p in self.providers.values() if p.enabled]
 
+    def install(self, decoder: nn.Module) -> None:
+        decoder.register_forward_pre_hook(self.before, with_kwargs=True)
+        decoder.register_forward_hook(self.after, with_kwargs=True)
+
     def before(self, decoder: nn.Module, args: tuple, kwargs: dict):
         active = self.active()
         prefixes = [p for p in active if p.kind == "prefix"]
@@ -194,16 +198,21 @@ class VirtualTokens(nn.Module):
         return output
 
 
+def container_on(model: nn.Module, attr: str, cls: type, create: bool):
+    """The container ``attr`` of ``model``'s decoder; with ``create``, a new ``cls()`` attached there and its hooks
+    installed (``cls.install(decoder)``) when there is none."""
+    decoder = decoder_of(model)
+    found = getattr(decoder, attr, None)
+    if found is None and create:
+        found = cls()
+        setattr(decoder, attr, found)
+        found.install(decoder)
+    return found
+
+
 def virtual_tokens(model: nn.Module, create: bool = False) -> VirtualTokens | None:
     """The :class:`VirtualTokens` of ``model``'s decoder (attached, with its hooks, when ``create``)."""
-    decoder = decoder_of(model)
-    vt = getattr(decoder, "virtual_tokens", None)
-    if vt is None and create:
-        vt = VirtualTokens()
-        decoder.virtual_tokens = vt
-        decoder.register_forward_pre_hook(vt.before, with_kwargs=True)
-        decoder.register_forward_hook(vt.after, with_kwargs=True)
-    return vt
+    return container_on(model, "virtual_tokens", VirtualTokens, create)
 
 
 # ---- the adapters ---------------------------------------------------------------------------------------------------
