@@ -263,7 +263,7 @@ def cli_main(args=None, run: bool = True, config_filename: str = "config.yaml") 
     """The project's CLI; ``args`` (a list) lets tests and scripts call the real thing in-process. The returned
     CLI's ``exit_code`` and ``status`` say how the run ended; errors propagate (see :func:`main`)."""
     import lit_unlearn.data  # noqa: F401
-    import lit_unlearn.influence.stage  # noqa: F401  (the Influence predict stage and its writer)
+    import lit_unlearn.predict_stages  # noqa: F401  (the Influence and TokenScores predict stages, writers)
     import lit_unlearn.methods  # noqa: F401
 
     return UnlearnCLI(

@@ -61,7 +61,7 @@ def test_every_config_parses_without_loading_a_model(config, no_run, monkeypatch
         cli_main([*args, "--print_config"])
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith(("lit_unlearn.methods.", "lit_unlearn.influence."))
+    assert printed["model"]["class_path"].startswith(("lit_unlearn.methods.", "lit_unlearn.predict_stages."))
     assert printed["data"]["class_path"].startswith("lit_unlearn.data.")
 
 

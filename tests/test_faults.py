@@ -120,14 +120,29 @@ def test_every_shipped_unlearning_config_carries_a_relative_retain_floor(monkeyp
 
     monkeypatch.chdir(REPO_ROOT)
     monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
+    # the documented exceptions: PI-Prefix trains a prefix it does not evaluate (the transformed one is; the trained
+    # one scores near 0 by design), RapidUn's retain side is judged by perplexity (no retain accuracy to floor), and
+    # the predict stages train nothing
+    floor_off = {"PIPrefix"}
     checked = 0
     for path in CONFIGS:
-        cli = cli_main(config_command(path))
+        args = config_command(path)
+        if args[0] == "predict":
+            continue
+        cli = cli_main(args)
         guard = cli.config.fit.guard
+        name = type(cli.model).__name__
+        if "configs/rapidun/" in str(path):
+            assert not guard.enabled, path  # perplexity, not accuracy, on retain: no floor to set (docs/influence.md)
+            continue
         assert guard.enabled and guard.check_finite, path
-        if type(cli.model).__name__ != "Finetune":  # every unlearning config
-            assert guard.retain_floor == 0.5 and guard.relative, path
-            checked += 1
+        if name == "Finetune":
+            continue
+        if name in floor_off:
+            assert guard.retain_floor is None, path
+            continue
+        assert guard.retain_floor == 0.5 and guard.relative, path  # every other unlearning config
+        checked += 1
     assert checked >= 8
 
 

@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "lit_unlearn"
 #: lower numbers are lower layers; a module may import its own layer's packages and any lower one
-LAYERS = {"core": 0, "models": 1, "adapters": 1, "eval": 2, "data": 3, "methods": 4}
+LAYERS = {"core": 0, "models": 1, "adapters": 1, "influence": 2, "eval": 2, "data": 3, "methods": 4}
 TOP = 5  # cli, callbacks, demo, testing and the package root
 
 
@@ -105,11 +105,11 @@ def test_registries_are_derived_from_the_classes():
 
     assert set(methods.METHODS) == {"Finetune", "GradAscent", "GradDiff", "GradAscentKL", "RandomLabel", "NPO",
                                     "SimNPO", "IDK", "GA1", "GA2", "GA3", "IDK1", "IDK2", "IDK3", "RMU", "RIA",
-                                    "FixedWrongFact", "NegationLoRA", "SPUL", "PIPrefix", "TNPO", "GRUN"}
+                                    "FixedWrongFact", "NegationLoRA", "SPUL", "PIPrefix", "TNPO", "GRUN", "RapidUn"}
     assert methods.ALL_METHODS == tuple(methods.METHODS.values())
     assert all(getattr(methods, name) is cls for name, cls in methods.METHODS.items())  # importable by name
     assert set(adapters.ADAPTERS) == {"LoRA", "Prefix", "SoftPrompt", "LoReFT"}
-    assert set(evaluation.EVALUATORS) == {"answer", "label", "tofu", "mia", "mcq", "gate"}
+    assert set(evaluation.EVALUATORS) == {"answer", "label", "tofu", "mia", "mcq", "gate", "backdoor", "perplexity"}
 
     class LocalMethod(methods.GradAscent):  # defined outside the package: not a registered method
         pass

@@ -316,7 +316,8 @@ def test_eval_py_puts_a_plain_model_through_the_tofu_evaluators(tofu_mirror, tin
         assert "val/tofu/model_utility" in EventAccumulator(str(run_dir)).Reload().Tags()["scalars"]
     for split, values in scores["null"].items():
         for name, v in values.items():
-            assert scores["LoRA"][split][name] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, name)
+            if name != "time_s":  # the split's evaluation wall time differs run to run
+                assert scores["LoRA"][split][name] == pytest.approx(v, rel=1e-5, abs=1e-6), (split, name)
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------------------

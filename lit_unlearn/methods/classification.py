@@ -12,7 +12,8 @@
   ``forget_only`` (CE on the forget rows' true labels; no retain data, as the paper advertises) and ``relabel``
   (retain CE + forget rows relabelled with a random word of ``labels``). The export writes the transformed prefix
   to ``adapter/`` (its ``adapter_config.json`` records ``"transform": ["pinv"]``, and a second transformation is
-  refused) and the trained one beside it, to ``adapter_trained/``.
+  refused) and the trained one beside it, to ``adapter_trained/``. A checkpoint holds the trained prefix (a resumed
+  fit goes on training it); evaluating a checkpoint outside fit (``eval.py --ckpt_path``) transforms it first.
 """
 
 from __future__ import annotations
@@ -137,11 +138,23 @@ class PIPrefix(RandomLabel):
 
     def on_train_end(self) -> None:
         """Transform the trained prefix, once; keep the trained tensors for ``adapter_trained/``."""
+        self.transform_once()
+        self.last_eval_at = None  # the loop's last evaluation saw the trained prefix: evaluate again
+
+    def transform_once(self) -> None:
         provider = self.adapter.provider(self.lm)
         if "pinv" not in provider.transform:
             self._trained = {n: t.detach().clone() for n, t in provider.state_dict().items()}
             self.adapter.transform_pinv(self.lm)
-            self.last_eval_at = None  # the loop's last evaluation saw the trained prefix: evaluate again
+
+    def on_validation_epoch_start(self) -> None:
+        # a checkpoint holds the trained prefix (it is written during training); evaluating it outside fit
+        # (eval.py --ckpt_path) evaluates the transformed prefix, as the run's own evaluation after fit does
+        if self.trainer.state.fn != "fit":
+            self.transform_once()
+        super().on_validation_epoch_start()
+
+    on_test_epoch_start = on_validation_epoch_start
 
     def export_adapter(self, path) -> None:
         super().export_adapter(path)

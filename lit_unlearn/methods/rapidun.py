@@ -10,7 +10,10 @@ w_i is the row's weight from the batch (``weight``: an influence-weights file, `
 with ``weighting: loss``, the loss-based fallback: w = clip(mean-normalised exp((L - median(L)) / tau), 0.5, 3)
 per side, L the rows' losses under the model before unlearning, computed once at the start of fit.
 ``weight_warmup_steps`` ramps every weight linearly from 1 to its value. The 3:1 retain:forget batches are the data
-module's ``mixing: ratio``, ``retain_ratio: 3`` (drawn with replacement when the rows carry weights).
+module's ``mixing: ratio``, ``retain_ratio: 3``: when the rows carry weights (an influence file), its sampler draws
+each side with replacement with probability proportional to the weight, so with ``weighting: batch`` a weight acts
+twice, on how often a row is drawn and on its loss. This is lit_unlearn's reading of the spec's "weighted sampling
+with replacement" next to "mean_i(w_i * l_i)"; the fallback and the unweighted runs draw uniformly.
 
 Forget rows need both responses: the batch's ``answer`` is the poisoned one and ``answer_clean`` the clean one
 (``BackdoorDataModule``). The three parts (forget with each response, retain) go through one fused forward.

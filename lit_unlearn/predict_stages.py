@@ -1,4 +1,8 @@
-"""The influence stage as a Lightning ``predict`` run (RapidIn stage A + RapidUn stage B):
+"""Per-row stages run as Lightning ``predict`` (each a method whose ``predict_step`` is the work, and a prediction
+writer): the influence stage and TNPO's token selection. They sit above ``methods`` and ``influence`` (they are
+methods built on the influence functions), so they are not in the method registry or its contract tests.
+
+The influence stage (RapidIn stage A + RapidUn stage B):
 
     python train.py predict --config configs/rapidun/base.yaml --config configs/rapidun/influence.yaml
 
