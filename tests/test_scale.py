@@ -64,7 +64,7 @@ def metrics_of(run_dir: Path, name: str = "metrics.json") -> dict:
     return json.loads((run_dir / name).read_text())["metrics"]
 
 
-def assert_metrics_close(a: dict, b: dict) -> None:
+def assert_metrics_close(a: dict, b: dict, what: str = "") -> None:
     """Equal metrics, split by split; ``time_s`` (a split's evaluation wall time) differs run to run: present and
     non-negative on both sides is all that is asked of it."""
     assert a.keys() == b.keys()
@@ -74,7 +74,7 @@ def assert_metrics_close(a: dict, b: dict) -> None:
             if k == "time_s":
                 assert a[split][k] >= 0 and b[split][k] >= 0, (split, k)
                 continue
-            assert a[split][k] == pytest.approx(b[split][k], rel=1e-5, abs=1e-6), (split, k)
+            assert a[split][k] == pytest.approx(b[split][k], rel=1e-5, abs=1e-6), (what, split, k)
 
 
 # ---- 1. DDP with evaluation inside the loop --------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_every_method_trains_and_evaluates_under_ddp(tiny_model_dir, data_dir, t
                             "--trainer.strategy", "auto", "--trainer.devices", "1",
                             "--trainer.logger.init_args.save_dir", str(tmp_path / "eval_logs")])
         assert set(record["after"]) == {"forget", "retain", "extra"}, name
-        assert_metrics_close(record["after"], single.model.last_eval)
+        assert_metrics_close(record["after"], single.model.last_eval, name)
 
 
 # ---- 2. resume ------------------------------------------------------------------------------------------------------

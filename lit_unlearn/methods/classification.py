@@ -147,10 +147,15 @@ class PIPrefix(RandomLabel):
             self._trained = {n: t.detach().clone() for n, t in provider.state_dict().items()}
             self.adapter.transform_pinv(self.lm)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._from_checkpoint = True
+
     def on_validation_epoch_start(self) -> None:
-        # a checkpoint holds the trained prefix (it is written during training); evaluating it outside fit
-        # (eval.py --ckpt_path) evaluates the transformed prefix, as the run's own evaluation after fit does
-        if self.trainer.state.fn != "fit":
+        # a checkpoint holds the trained prefix (it is written during training); evaluating a checkpoint outside fit
+        # (eval.py --ckpt_path) evaluates the transformed prefix, as the run's own evaluation after fit does. The
+        # evaluation before fit (a fresh prefix, no checkpoint) is not transformed.
+        if self.trainer.state.fn != "fit" and getattr(self, "_from_checkpoint", False):
             self.transform_once()
         super().on_validation_epoch_start()
 
