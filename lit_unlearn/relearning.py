@@ -28,8 +28,17 @@ from lit_unlearn import stages
 from lit_unlearn.cli import package_versions, write_json_atomic
 from lit_unlearn.rtt import CONFIG_DIR, RTTError, add_attack_args, parse_floats, run_rtt
 
-#: the CPU recipe of the mini setting (SmolLM2-135M + LoRA): lr and epochs per kind of stage
+#: the CPU recipe of the mini setting (SmolLM2-135M + LoRA): lr and epochs per kind of stage. A method file that
+#: sets its own lr (GRUN's LoReFT: 4e-3) keeps it; --unlearn-lr overrides every method.
 MINI = {"learn": {"lr": 1.0e-3, "epochs": 12}, "unlearn": {"lr": 1.0e-4, "epochs": 3}}
+
+
+def own_lr(stage: str) -> bool:
+    """Whether ``configs/deeb_roger/<stage>.yaml`` sets ``model.init_args.lr`` itself."""
+    import yaml
+
+    config = yaml.safe_load((CONFIG_DIR / f"{stage}.yaml").read_text()) or {}
+    return "lr" in ((config.get("model") or {}).get("init_args") or {})
 
 
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_run", mini: int | None = None,
@@ -46,10 +55,10 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
     def configs(stage: str) -> list[Path]:
         return [CONFIG_DIR / "base.yaml", CONFIG_DIR / f"{stage}.yaml"] + ([CONFIG_DIR / "mini.yaml"] if mini else [])
 
-    def flags(kind: str, lr: float | None = None, epochs: int | None = None) -> list[str]:
+    def flags(kind: str, lr: float | None = None, epochs: int | None = None, stage: str = "learn") -> list[str]:
         f = ["--seed_everything", str(seed)] + (["--model.init_args.model", model] if model else [])
         f += ["--data.init_args.questions_per_split", str(mini)] if mini else []
-        lr = lr if lr is not None else MINI[kind]["lr"] if mini else None
+        lr = lr if lr is not None else MINI[kind]["lr"] if mini and not (kind == "unlearn" and own_lr(stage)) else None
         epochs = epochs if epochs is not None else MINI[kind]["epochs"] if mini else None
         f += ["--model.init_args.lr", str(lr)] if lr is not None else []
         return f + (["--trainer.max_epochs", str(epochs)] if epochs is not None else [])
@@ -59,8 +68,8 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
     learned = records["learn"]["metrics"]["after"]
     floor = ["--guard.relative", "false", "--guard.retain_floor", str(0.5 * learned["retain_mcq"]["mcq_acc"])]
     for method in methods:
-        records[method] = stages.run_stage(configs(method), out, method, flags("unlearn", unlearn_lr, unlearn_epochs)
-                                           + floor + ["--eval_before", "false",
+        unlearn = flags("unlearn", unlearn_lr, unlearn_epochs, method)
+        records[method] = stages.run_stage(configs(method), out, method, unlearn + floor + ["--eval_before", "false",
                                                       "--model.init_args.init_adapter", learn_adapter])
     attacks = {}
     for name in (["learn"] if control else []) + methods:

@@ -160,8 +160,95 @@ def test_grun_refuses_what_it_cannot_train(make_method):
         make_method(GRUN, adapter=LoReFT(layers=[0], gated=False))
     with pytest.raises(MethodError, match="must not be none"):
         make_method(GRUN, adapter="loreft", retain="none")
-    with pytest.raises(MethodError, match="grad_diff, idk or npo"):
-        make_method(GRUN, adapter="loreft", loss="rmu")
+    with pytest.raises(MethodError, match="grad_diff, idk, npo or rmu"):
+        make_method(GRUN, adapter="loreft", loss="rmu_kl")
+    with pytest.raises(MethodError, match="--model.steering must be > 0"):
+        make_method(GRUN, adapter="loreft", loss="rmu", steering=0.0)
+    with pytest.raises(AdapterError, match="--model.adapter.init_args.fraction"):
+        LoReFT(position="fraction", fraction=1.5)
+
+
+# ---- GRUN's WMDP variant: gated RMU at a fraction of the text ----------------------------------------------------------
+def test_loreft_fraction_edits_one_token_per_row_at_the_cut(make_method, qa_batch):
+    from lit_unlearn.methods import Finetune
+
+    method = make_method(Finetune, adapter=LoReFT(layers=[0], rank=2, position="fraction", fraction=0.5))
+    base = make_method(Finetune, adapter=None)
+    fb = qa_batch["forget"]
+    n = fb["attention_mask"].sum(-1)
+    assert len(set(n.tolist())) > 1  # rows of unequal length: the cut is per row
+    with torch.no_grad():
+        edited_logits, plain = method(fb, logits=True).logits, base(fb, logits=True).logits
+    edited = method.adapter.edited_positions(method.lm)
+    cut = (n * 0.5).floor().long() - 1
+    want = torch.zeros_like(edited)
+    want[torch.arange(len(n)), cut] = True
+    assert torch.equal(edited, want)
+    for row, c in enumerate(cut.tolist()):  # causal: the logits before the cut are the base model's, after it not
+        torch.testing.assert_close(edited_logits[row, :c], plain[row, :c])
+        assert not torch.allclose(edited_logits[row, c:n[row]], plain[row, c:n[row]], atol=1e-5)
+
+
+def layer_hidden(model, batch, index):
+    """The output of decoder layer ``index`` of the plain model, by a forward hook."""
+    seen = []
+    handle = model.model.layers[index].register_forward_hook(lambda m, a, out: seen.append(
+        out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    handle.remove()
+    return seen[0]
+
+
+def test_grun_rmu_loss_by_hand(make_method, qa_batch, tiny_model_dir):
+    adapter = LoReFT(layers=[0, 1], rank=2, gated=True, position="fraction", fraction=0.5)
+    method = make_method(GRUN, adapter=adapter, loss="rmu", steering=3.0, gate_weight=100.0, seed=7)
+    with torch.no_grad():  # W = R, b = 0: the edit is the identity; every gate logit is 0.3
+        for iv in method.adapter.provider(method.lm).at.values():
+            iv.source.weight.copy_(iv.rotate.weight)
+            iv.source.bias.zero_()
+            iv.gate[-1].weight.zero_()
+            iv.gate[-1].bias.fill_(0.3)
+        loss = method.training_step(qa_batch, 0)
+    plain = load_causal_lm(tiny_model_dir)
+    fb, rb = qa_batch["forget"], qa_batch["retain"]
+    h = layer_hidden(plain, fb, 1)  # rmu_layer: the last intervened layer
+    n = fb["attention_mask"].sum(-1)
+    cols = torch.arange(h.size(1))[None]
+    after = (cols > ((n * 0.5).floor().long() - 1)[:, None]) & (fb["labels"] != -100)
+    u = torch.rand(h.size(-1), generator=torch.Generator().manual_seed(7))
+    c = 3.0 * u / u.norm()
+    forget = ((h - c).pow(2).mean(-1) * after).sum() / after.sum()
+    # retain: the identity edit leaves the activations at the un-intervened model's, MSE 0
+    n_f, n_r = 2 * fb["input_ids"].size(0), 2 * rb["input_ids"].size(0)  # one position per row and layer
+    p = torch.sigmoid(torch.tensor(0.3))
+    bce = (n_f * -torch.log(p) + n_r * -torch.log(1 - p)) / (n_f + n_r)
+    assert loss.item() == pytest.approx(forget.item() + 100.0 * bce.item(), rel=1e-4)
+
+
+def test_grun_rmu_steers_forget_and_gates_retain(make_method, wide_activations_model, qa_files):
+    from conftest import first_train_batch, make_qa_datamodule
+
+    qa_batch = first_train_batch(make_qa_datamodule(wide_activations_model, qa_files, batch_size=2))
+    adapter = LoReFT(layers=[0, 1], rank=2, gated=True, position="fraction")
+    method = make_method(GRUN, adapter=adapter, loss="rmu", steering=10.0, gate_weight=1.0,
+                         model_dir=wide_activations_model)
+    trained = {n for n, _ in method.trainable()}
+    assert trained and all("interventions" in n for n in trained)  # the base stays frozen
+    opt = torch.optim.AdamW([p for _, p in method.trainable()], lr=5e-2)
+    with torch.no_grad():
+        before = method.rmu_losses(qa_batch["forget"], qa_batch["retain"])[0].item()
+    for i in range(30):
+        step_loss = method.training_step(qa_batch, i)
+        opt.zero_grad()
+        step_loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after, retain, *_ = method.rmu_losses(qa_batch["forget"], qa_batch["retain"])
+        gf, gr = method.gate_values(qa_batch["forget"]), method.gate_values(qa_batch["retain"])
+    # a rank-2 edit at one position moves the later activations only part of the way to c
+    assert after.item() < 0.9 * before, (before, after.item())
+    assert gf.min() > 0.8 and gr.max() < 0.2, (gf, gr)
 
 
 # ---- TNPO ------------------------------------------------------------------------------------------------------------------

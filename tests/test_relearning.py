@@ -249,6 +249,28 @@ def test_the_relearning_pipeline_runs_learn_unlearn_rtt_from_the_shipped_configs
     assert capsys.readouterr().out.count("reusing") == 3 and again["stages"] == stages
 
 
+def test_grun_gated_rmu_runs_in_the_pipeline_and_reports_its_gate(random_bd_mirror, mcq_model_dir, tmp_path,
+                                                                  monkeypatch, capsys):
+    """GRUN's WMDP variant from its shipped config: the unlearning run reports the gate on every split, and the
+    relearning attack trains a LoRA on top of the frozen intervention."""
+    from lit_unlearn.relearning import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "dr_grun"
+    summary = run_pipeline(["grun_rmu"], out, mini=2, model=mcq_model_dir, rtt_lrs=(1e-3,), rtt_epochs=1,
+                           unlearn_epochs=1)
+    assert 0 <= summary["stages"]["grun_rmu"]["rtt_best"] <= 1
+    record = json.loads((out / "grun_rmu" / "metrics.json").read_text())
+    gates = {split: m["gate_mean"] for split, m in record["metrics"]["after"].items()}
+    assert set(gates) == {"forget_mcq", "retain_mcq"} and all(0 < g < 1 for g in gates.values()), gates
+    assert "--model.init_args.lr" not in record["command"]  # the config's own lr (4e-3), not the mini LoRA lr
+    saved = json.loads((out / "grun_rmu" / "adapter" / "adapter_config.json").read_text())
+    assert saved["adapter_type"] == "LoReFT" and saved["position"] == "fraction" and saved["fraction"] == 0.8
+    config = (out / "rtt_grun_rmu" / "fold0_lr0.001" / "config.yaml").read_text()
+    assert str(out / "grun_rmu" / "adapter") in config
+    capsys.readouterr()
+
+
 def test_rtt_bad_flags_are_one_line(tmp_path):
     from lit_unlearn.rtt import main
 

@@ -10,8 +10,9 @@ g(h) = 1 without a gate, or sigma(gate(h)) with ``gated`` (a Linear(d, 1), or an
 gate at 0, or W = R and b = 0, Phi is the identity (tests/test_reft.py).
 
 Positions (``position``), from the batch the method gives the model (its labels mark the prompt):
-``last_prompt`` (the last token before the scored answer; GRUN's choice), ``prompt`` (every prompt token) or ``all``
-(every real token). Without labels (generation) the whole real input is the prompt; decoding steps after the
+``last_prompt`` (the last token before the scored answer; GRUN's choice), ``prompt`` (every prompt token), ``all``
+(every real token) or ``fraction`` (one token per row: the real token at index floor(``fraction`` * n) - 1 of its n
+real tokens, at least the first; GRUN's WMDP setting cuts each corpus text at 80%, so labels are not needed). Without labels (generation) the whole real input is the prompt; decoding steps after the
 first are not intervened on (the cache carries the intervened prompt). A spec that selects no token of a row (an
 empty prompt) is an error naming the flag.
 
@@ -32,7 +33,7 @@ from lit_unlearn.adapters.virtual import TRAINABLE, ModuleAdapter, container_on,
 from lit_unlearn.core.errors import AdapterError
 from lit_unlearn.core.tokens import IGNORE
 
-Position = Literal["last_prompt", "prompt", "all"]
+Position = Literal["last_prompt", "prompt", "all", "fraction"]
 
 
 class Intervention(nn.Module):
@@ -67,9 +68,9 @@ class InterventionParams(nn.Module):
     """The interventions of one adapter, at its layers; records the gate logits of each forward."""
 
     def __init__(self, layers: list[int], hidden: int, rank: int, position: str, gated: bool,
-                 gate_hidden: list[int]):
+                 gate_hidden: list[int], fraction: float = 0.8):
         super().__init__()
-        self.position = position
+        self.position, self.fraction = position, fraction
         self.at = nn.ModuleDict({str(i): Intervention(hidden, rank, gated, gate_hidden) for i in layers})
         self.enabled = True
         self.transform: list[str] = []
@@ -85,6 +86,11 @@ class Interventions(nn.Module):
         self.providers = nn.ModuleDict()
         self._pending: tuple[torch.Size, Tensor] | None = None  # (input shape, prompt lengths) from the batch
         self._where: dict[str, Tensor] = {}
+
+    @property
+    def edited(self) -> dict[str, Tensor]:
+        """Provider name -> (B, T) bool positions edited in the latest forward (empty on a decoding step)."""
+        return self._where
 
     def install(self, decoder: nn.Module) -> None:
         decoder.register_forward_pre_hook(self.before, with_kwargs=True)
@@ -133,6 +139,10 @@ class Interventions(nn.Module):
                 where = real
             elif provider.position == "prompt":
                 where = in_prompt
+            elif provider.position == "fraction":
+                n = real.sum(-1)
+                at = start.squeeze(-1) + (n.float() * provider.fraction).floor().long().clamp(min=1) - 1
+                where = (cols == at[:, None]) & real
             else:  # last_prompt
                 last = start.squeeze(-1) + prompt_len - 1
                 where = (cols == last[:, None]) & in_prompt
@@ -171,22 +181,25 @@ class LoReFT(ModuleAdapter):
     """Low-rank representation fine-tuning at ``layers`` and ``position``; ``gated`` adds GRUN's soft gate."""
 
     def __init__(self, layers: list[int] | None = None, rank: int = 4, position: Position = "last_prompt",
-                 gated: bool = False, gate_hidden: list[int] | None = None):
+                 gated: bool = False, gate_hidden: list[int] | None = None, fraction: float = 0.8):
         """
         Args:
             layers: decoder-layer indices (negative counts from the end); default: the layers at 5/8, 25/32 and the
                 last of the model's depth (GRUN's 20, 25, 31 of 32, scaled).
             rank: r, the rows of R.
-            position: ``last_prompt``, ``prompt`` or ``all`` (module docstring).
+            position: ``last_prompt``, ``prompt``, ``all`` or ``fraction`` (module docstring).
             gated: GRUN's soft gate g(h) = sigma(gate(h)) on the edit.
             gate_hidden: hidden widths of the gate MLP (GRUN's larger gate: [256, 64]); default a Linear(d, 1).
+            fraction: with ``position: fraction``, where each row's text is cut (GRUN's WMDP setting: 0.8).
         """
         if rank < 1:
             raise AdapterError(f"LoReFT rank must be >= 1, got {rank}")
-        if position not in ("last_prompt", "prompt", "all"):
-            raise AdapterError(f"LoReFT position must be last_prompt, prompt or all, got {position!r}")
+        if position not in ("last_prompt", "prompt", "all", "fraction"):
+            raise AdapterError(f"LoReFT position must be last_prompt, prompt, all or fraction, got {position!r}")
+        if not 0.0 < fraction <= 1.0:
+            raise AdapterError(f"LoReFT fraction must be in (0, 1], got {fraction}: --model.adapter.init_args.fraction")
         self.layers = list(layers) if layers is not None else None
-        self.rank, self.position, self.gated = rank, position, gated
+        self.rank, self.position, self.gated, self.fraction = rank, position, gated, fraction
         self.gate_hidden = list(gate_hidden or [])
 
     def container(self, model: nn.Module, create: bool = False):
@@ -208,7 +221,7 @@ class LoReFT(ModuleAdapter):
 
     def build(self, model: nn.Module) -> nn.Module:
         return InterventionParams(self.resolved_layers(model), widths(model)["hidden"], self.rank, self.position,
-                                  self.gated, self.gate_hidden)
+                                  self.gated, self.gate_hidden, self.fraction)
 
     def forward_kwargs(self, batch: dict) -> dict:
         """Nothing to add to the call: the batch's labels tell the container where each row's prompt ends."""
@@ -221,6 +234,10 @@ class LoReFT(ModuleAdapter):
         model = super().apply(model)
         self._container = self.container(model)
         return model
+
+    def edited_positions(self, model: nn.Module) -> Tensor | None:
+        """(B, T) bool: where the trainable intervention edited the latest forward (None: it did not run)."""
+        return self.container(model).edited.get(TRAINABLE)
 
     def gate_logits(self, model: nn.Module) -> tuple[Tensor, Tensor]:
         """``(rows, logits)`` of every gated position of the trainable intervention in the latest forward, all

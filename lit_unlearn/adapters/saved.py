@@ -20,7 +20,7 @@ from lit_unlearn.adapters.virtual import CONFIG, Prefix, SoftPrompt
 STACKED = {"Prefix": Prefix, "SoftPrompt": SoftPrompt, "LoReFT": LoReFT}
 #: the hyper-parameters each stacked kind is rebuilt from (saved in its adapter_config.json)
 ARGS = {"Prefix": ("length",), "SoftPrompt": ("length", "encoder_hidden"),
-        "LoReFT": ("layers", "rank", "position", "gated", "gate_hidden")}
+        "LoReFT": ("layers", "rank", "position", "gated", "gate_hidden", "fraction")}
 
 
 def saved_adapter_type(path: str | Path) -> str:

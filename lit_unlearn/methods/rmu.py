@@ -58,6 +58,35 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     raise MethodError(f"RMU: found no list of {depth} decoder layers in {type(model).__name__}")
 
 
+def hidden_at(model: nn.Module, inputs: dict, capture: nn.Module, stop: nn.Module | None = None) -> Tensor:
+    """(B, T, d) output of the decoder layer ``capture`` (after every forward hook already on it, e.g. a ReFT edit)
+    for the call ``model(**inputs)``; the forward stops after ``stop`` (default: ``capture``)."""
+    seen: list[Tensor] = []
+
+    def record(module, args, output):
+        seen.append(output[0] if isinstance(output, tuple) else output)
+
+    def halt(module, args, output):
+        raise _Stop
+
+    handles = [capture.register_forward_hook(record), (stop or capture).register_forward_hook(halt)]
+    try:
+        model(**inputs)
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    h = seen[0]
+    return h[:, h.size(1) - inputs["input_ids"].size(1):]  # soft prompts prepend virtual positions
+
+
+def control_vector(hidden: int, steering: float, seed: int) -> Tensor:
+    """RMU's fixed control vector c = steering * u / ||u||, u ~ U[0, 1)^hidden drawn from ``seed``."""
+    u = torch.rand(hidden, generator=torch.Generator().manual_seed(seed))
+    return steering * u / u.norm()
+
+
 def masked_mse(h: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean squared difference over the hidden units and the positions where ``mask`` is true (``target``
     broadcasts): (1/d) mean_t ||h_t - target_t||^2."""
@@ -136,9 +165,7 @@ class RMU(UnlearningMethod):
                                   f"adapter also trains {outside[0]}: leave the adapter's target_modules at "
                                   "all-linear or name only those modules")
         self._layer_module = layers[self.layer]
-        d = self.lm.config.hidden_size
-        u = torch.rand(d, generator=torch.Generator().manual_seed(self.seed))
-        self.control = (self.steering * u / u.norm()).to(self.device)
+        self.control = control_vector(self.lm.config.hidden_size, self.steering, self.seed).to(self.device)
 
     @contextmanager
     def frozen(self):
@@ -161,21 +188,7 @@ class RMU(UnlearningMethod):
 
     def layer_output(self, batch: dict) -> Tensor:
         """(B, T, d) output of decoder layer ``layer``; the forward stops there."""
-        seen: list[Tensor] = []
-
-        def hook(module, args, output):
-            seen.append(output[0] if isinstance(output, tuple) else output)
-            raise _Stop
-
-        handle = self._layer_module.register_forward_hook(hook)
-        try:
-            self.lm(**self.model_inputs(batch))
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        h = seen[0]
-        return h[:, h.size(1) - batch["input_ids"].size(1):]  # soft prompts prepend virtual positions
+        return hidden_at(self.lm, self.model_inputs(batch), self._layer_module)
 
     # ---- the step ---------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
