@@ -9,12 +9,12 @@ g(h) = 1 without a gate, or sigma(gate(h)) with ``gated`` (a Linear(d, 1), or an
 ``gate_hidden``). The edit lies in the row space of R, so the component of h orthogonal to R's rows is kept; with a
 gate at 0, or W = R and b = 0, Phi is the identity (tests/test_reft.py).
 
-Positions (``position``), from the batch the method gives the model (its labels mark the prompt):
-``last_prompt`` (the last token before the scored answer; GRUN's choice), ``prompt`` (every prompt token), ``all``
-(every real token) or ``fraction`` (one token per row: the real token at index floor(``fraction`` * n) - 1 of its n
-real tokens, at least the first; GRUN's WMDP setting cuts each corpus text at 80%, so labels are not needed). Without labels (generation) the whole real input is the prompt; decoding steps after the
-first are not intervened on (the cache carries the intervened prompt). A spec that selects no token of a row (an
-empty prompt) is an error naming the flag.
+Positions (``position``), from the batch the method gives the model (its labels mark the prompt): ``last_prompt``
+(the last token before the scored answer; GRUN's choice), ``prompt`` (every prompt token), ``all`` (every real
+token) or ``fraction`` (one token per row: the real token at index floor(``fraction`` * n) - 1 of its n real tokens,
+at least the first; GRUN's WMDP setting cuts each corpus text at 80%, so labels are not needed). Without labels
+(generation) the whole real input is the prompt; decoding steps after the first are not intervened on (the cache
+carries the intervened prompt). A spec that selects no token of a row (an empty prompt) is an error naming the flag.
 
 Why not ``pyreft``: it pins ``transformers==4.45.1``, which does not install beside this stack (transformers 5).
 Saved like the other module adapters (``adapter_config.json`` with ``"adapter_type": "LoReFT"``, the model's depth

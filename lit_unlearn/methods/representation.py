@@ -24,8 +24,9 @@
   output of layer 30, which its layer-31 intervention cannot change: ``rmu_layer`` takes any layer index to run it
   that way. MSE is ``masked_mse`` of RMU (mean over hidden units and the selected tokens).
 
-  The gate logits are those of every intervened position and layer of the step's forward(s). Every evaluated split also reports ``gate_mean``, the mean gate value of its rows (the
-  ``gate`` evaluator): a gate that opens on retain rows is a failure.
+  The gate logits are those of every intervened position and layer of the step's forward(s). Every evaluated split
+  also reports ``gate_mean``, the mean gate value of its rows (the ``gate`` evaluator): a gate that opens on retain
+  rows is a failure.
 """
 
 from __future__ import annotations
