@@ -190,7 +190,7 @@ class TokenScores(UnlearningMethod):
         raise MethodError("TokenScores is a predict stage (train.py predict), not an unlearning method")
 
     def on_predict_start(self) -> None:
-        from lit_unlearn.core.tokens import collate
+        from lit_unlearn.core.tokens import dataset_batches
         from lit_unlearn.influence.tokens import mean_gradient
 
         dm = self.trainer.datamodule
@@ -199,10 +199,7 @@ class TokenScores(UnlearningMethod):
             ds = dm.datasets.get(split)
             if ds is None:
                 raise MethodError(f"TokenScores needs a {split} set (--data.{split})")
-            batches = []
-            for s in range(0, len(ds), 8):
-                b = collate([ds[i] for i in range(s, min(s + 8, len(ds)))], self.tokenizer.pad_token_id, split)
-                batches.append({k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
+            batches = list(dataset_batches(ds, self.tokenizer.pad_token_id, split, 8, self.device))
             with torch.enable_grad():
                 means[split] = mean_gradient(self.lm, batches, lambda b: self(b).mean_nll)
         self.direction = means["forget"] - means["retain"]

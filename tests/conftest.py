@@ -139,6 +139,16 @@ def first_train_batch(dm) -> dict:
     return item[0] if isinstance(item, tuple) else item
 
 
+def perturb_lora(method, scale: float = 0.2, seed: int = 1) -> None:
+    """Give every LoRA B a seeded nonzero value, so the adapted model differs from the reference (B = 0 at init);
+    other adapters start away from the identity already."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in method.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 #: constructor arguments a method needs on the 2-layer tiny model (its defaults name deeper layers)
 TINY_KWARGS = {"RMU": {"layer": 1}}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, first_train_batch, make_qa_datamodule, write_sst2_csv
+from conftest import REPO_ROOT, first_train_batch, make_qa_datamodule, perturb_lora, write_sst2_csv
 from lit_unlearn.adapters import AdapterError, LoRA, Prefix, SoftPrompt, attach_saved_adapter, saved_adapter_type
 from lit_unlearn.adapters.virtual import virtual_tokens
 from lit_unlearn.core.errors import DataError
@@ -249,11 +249,7 @@ def test_pinv_command_transforms_a_saved_prefix(tiny_model_dir, tmp_path):
 # ---- negation ----------------------------------------------------------------------------------------------------------
 def test_negating_a_lora_subtracts_its_delta(tiny_model_dir, make_method, tmp_path):
     method = make_method(NegationLoRA)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in method.lm.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    perturb_lora(method, scale=0.3, seed=0)
     base = {n: p.detach().clone() for n, p in load_causal_lm(tiny_model_dir).named_parameters()}
     # the positive merge: W + delta
     LoRA(r=4, alpha=8).save(method.lm, tmp_path / "pos")

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import write_jsonl, write_sst2_csv
+from conftest import perturb_lora, write_jsonl, write_sst2_csv
 from lit_unlearn.core.errors import DataError, EvalError
 from lit_unlearn.core.scoring import TokenStats
 from lit_unlearn.core.tokens import IGNORE
@@ -61,11 +61,7 @@ def scorer(model_dir: str, name: str = "answer"):
         return method
     method = Finetune(model=model_dir, adapter=LoRA(r=4, alpha=8))
     method.configure_model()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for n, p in method.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    perturb_lora(method, scale=0.3, seed=1)
     return method
 
 

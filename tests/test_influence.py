@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import perturb_lora
 from lit_unlearn.core.errors import ConfigError
 from lit_unlearn.influence import RapidGrad, TopK, influence_weights, loss_weights, per_sample_gradients, \
     top_influences, view_scores
@@ -43,11 +44,7 @@ def test_rapidgrad_preserves_inner_products_within_the_pooling_bound():
 # ---- per-sample gradients ---------------------------------------------------------------------------------------------------
 def test_per_sample_gradients_equal_one_backward_per_row(make_method, qa_batch):
     method = make_method(Finetune)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in method.lm.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    perturb_lora(method, scale=0.1, seed=0)
     batch = qa_batch["retain"]
     batched = per_sample_gradients(method.lm, lambda: method(batch).mean_nll)
     linears = trainable_linears(method.lm)
@@ -121,12 +118,9 @@ def test_token_scores_equal_gradient_dot_products_per_token(make_method, qa_batc
     from lit_unlearn.influence.tokens import token_scores
 
     method = make_method(Finetune)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in method.lm.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    perturb_lora(method, scale=0.1, seed=0)
     linears = trainable_linears(method.lm)
+    g = torch.Generator().manual_seed(0)
     direction = torch.randn(sum(m.weight.numel() for _, m in linears), generator=g)
     batch = qa_batch["forget"]
     got = token_scores(method.lm, lambda b: method(b).token_nll, batch, direction)

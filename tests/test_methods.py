@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import first_train_batch, make_qa_datamodule
+from conftest import first_train_batch, make_qa_datamodule, perturb_lora
 from lit_unlearn.adapters import LoRA
 from lit_unlearn.core.tokens import IGNORE, collate, encode
 from lit_unlearn.eval import AnswerEvaluator
@@ -43,16 +43,6 @@ CONTRACT_IDS = [f"{cls.__name__}-{kind}" for cls, kind in CONTRACT]
 def adapter_names(method) -> set[str]:
     """The state-dict names of the method's adapter parameters, found through the adapter (not by name)."""
     return set(method.trainable_names())
-
-
-def perturb_lora(method, scale: float = 0.2, seed: int = 1) -> None:
-    """Give every LoRA B a nonzero value, so the adapted model differs from the reference (B = 0 at init); other
-    adapters start away from the identity already."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in method.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def optimizer_steps(method, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:

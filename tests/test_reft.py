@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import perturb_lora
 from lit_unlearn.adapters import AdapterError, LoReFT, attach_saved_adapter
 from lit_unlearn.adapters.reft import Intervention
 from lit_unlearn.methods import GRUN, NPO, TNPO, MethodError
@@ -263,18 +264,10 @@ def per_token_npo(method, batch, weights=None):
     return (-(2 / method.beta) * F.logsigmoid(method.beta * delta) * w).sum() / w.sum()
 
 
-def perturb(method):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for n, p in method.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
 def test_tnpo_with_an_all_ones_mask_is_npos_per_token_form(make_method, qa_batch):
     method = make_method(TNPO, beta=0.5)
     assert method.training_step(qa_batch, 0).item() == pytest.approx(2 / 0.5 * math.log(2), rel=1e-5)  # at the ref
-    perturb(method)
+    perturb_lora(method, scale=0.3, seed=0)
     fb = dict(qa_batch["forget"])
     want = per_token_npo(method, fb)
     with torch.no_grad():
@@ -283,7 +276,7 @@ def test_tnpo_with_an_all_ones_mask_is_npos_per_token_form(make_method, qa_batch
         assert method.training_step({"forget": fb}, 0).item() == pytest.approx(want.item(), rel=1e-5)
     # NPO on rows of one answer token each would be the same numbers; on longer answers the per-token form differs
     npo = make_method(NPO, beta=0.5)
-    perturb(npo)
+    perturb_lora(npo, scale=0.3, seed=0)
     with torch.no_grad():
         assert npo.training_step({"forget": fb}, 0).item() != pytest.approx(want.item(), rel=1e-3)
 
@@ -294,7 +287,7 @@ def test_tnpo_hard_and_soft_masks(make_method, qa_batch):
     first = answer & (answer.cumsum(-1) == 1)  # each row's first answer token
     fb["token_mask"] = first.long()
     hard = make_method(TNPO, beta=0.5)
-    perturb(hard)
+    perturb_lora(hard, scale=0.3, seed=0)
     with torch.no_grad():
         theta = hard(fb)
     scored = F.pad(first[:, 1:].float(), (0, 1)) * theta.mask  # position t scores token t + 1
@@ -302,7 +295,7 @@ def test_tnpo_hard_and_soft_masks(make_method, qa_batch):
         assert hard.training_step({"forget": fb}, 0).item() == pytest.approx(
             per_token_npo(hard, fb, scored).item(), rel=1e-5)
     soft = make_method(TNPO, beta=0.5, weighting="soft")
-    perturb(soft)
+    perturb_lora(soft, scale=0.3, seed=0)
     w = (scored * 5.0 + (1 - scored) * 0.1) * theta.mask
     with torch.no_grad():
         assert soft.training_step({"forget": fb}, 0).item() == pytest.approx(

@@ -70,6 +70,15 @@ def collate(rows: Sequence[dict], pad_id: int, split: str | None = None) -> dict
     return batch
 
 
+def dataset_batches(dataset: Sequence[dict], pad_id: int, split: str, size: int, device=None):
+    """Batches of ``size`` consecutive records of ``dataset``, in order, collated (:func:`collate`) and their tensors
+    moved to ``device``: a whole split read outside a DataLoader (a stage's per-split statistics)."""
+    for start in range(0, len(dataset), size):
+        batch = collate([dataset[i] for i in range(start, min(start + size, len(dataset)))], pad_id, split)
+        yield {k: (v.to(device) if isinstance(v, torch.Tensor) and device is not None else v)
+               for k, v in batch.items()}
+
+
 def encode_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str], max_length: int) -> dict:
     """Encode and collate (prompt, answer) pairs, truncating from the left of the prompt if over ``max_length``.
 

@@ -98,7 +98,7 @@ class RapidUn(UnlearningMethod):
     @torch.no_grad()
     def compute_fallback(self, datamodule) -> None:
         """The loss-based weights of every forget and retain row, from the model before unlearning."""
-        from lit_unlearn.core.tokens import collate
+        from lit_unlearn.core.tokens import dataset_batches
 
         for split in ("forget", "retain"):
             ds = datamodule.datasets.get(split)
@@ -106,10 +106,7 @@ class RapidUn(UnlearningMethod):
                 continue
             ids, losses = [], []
             with eval_mode(self.lm):
-                for s in range(0, len(ds), 16):
-                    rows = [ds[i] for i in range(s, min(s + 16, len(ds)))]
-                    batch = collate(rows, self.tokenizer.pad_token_id, split)
-                    batch = {k: (v.to(self.device) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+                for batch in dataset_batches(ds, self.tokenizer.pad_token_id, split, 16, self.device):
                     l_f, l_r = self.per_row_losses(batch if split == "forget" else None,
                                                    batch if split == "retain" else None)
                     losses.append(l_f if split == "forget" else l_r)
