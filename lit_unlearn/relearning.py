@@ -33,14 +33,6 @@ from lit_unlearn.rtt import CONFIG_DIR, RTTError, add_attack_args, parse_floats,
 MINI = {"learn": {"lr": 1.0e-3, "epochs": 12}, "unlearn": {"lr": 1.0e-4, "epochs": 3}}
 
 
-def own_lr(stage: str) -> bool:
-    """Whether ``configs/deeb_roger/<stage>.yaml`` sets ``model.init_args.lr`` itself."""
-    import yaml
-
-    config = yaml.safe_load((CONFIG_DIR / f"{stage}.yaml").read_text()) or {}
-    return "lr" in ((config.get("model") or {}).get("init_args") or {})
-
-
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_run", mini: int | None = None,
                  model: str | None = None, rtt_lrs: tuple[float, ...] = (), rtt_epochs: int = 6, n_folds: int = 2,
                  unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0,
@@ -58,7 +50,8 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
     def flags(kind: str, lr: float | None = None, epochs: int | None = None, stage: str = "learn") -> list[str]:
         f = ["--seed_everything", str(seed)] + (["--model.init_args.model", model] if model else [])
         f += ["--data.init_args.questions_per_split", str(mini)] if mini else []
-        lr = lr if lr is not None else MINI[kind]["lr"] if mini and not (kind == "unlearn" and own_lr(stage)) else None
+        own = kind == "unlearn" and stages.sets_lr(CONFIG_DIR / f"{stage}.yaml")
+        lr = lr if lr is not None else MINI[kind]["lr"] if mini and not own else None
         epochs = epochs if epochs is not None else MINI[kind]["epochs"] if mini else None
         f += ["--model.init_args.lr", str(lr)] if lr is not None else []
         return f + (["--trainer.max_epochs", str(epochs)] if epochs is not None else [])

@@ -13,6 +13,15 @@ from lit_unlearn.cli import cli_main
 ENDED = ("finished", "collapsed", "diverged")
 
 
+def sets_lr(config: Path) -> bool:
+    """Whether the YAML file ``config`` sets ``model.init_args.lr`` itself (a method with its own recipe, e.g.
+    GRUN's LoReFT at 4e-3: the pipelines' mini learning rate for LoRA runs does not replace it)."""
+    import yaml
+
+    data = yaml.safe_load(Path(config).read_text()) or {}
+    return "lr" in (((data.get("model") or {}).get("init_args")) or {})
+
+
 def stage_status(run_dir: Path) -> str | None:
     """The ``status`` of the run in ``run_dir`` (None: no metrics.json, i.e. never ran or was killed)."""
     path = Path(run_dir) / "metrics.json"

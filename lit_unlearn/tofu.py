@@ -35,7 +35,8 @@ from lit_unlearn import stages
 from lit_unlearn.cli import package_versions, write_json_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tofu"
-#: per-stage recipe of the mini setting (SmolLM2-135M + LoRA on a CPU), replacing the config's lr and epochs
+#: per-stage recipe of the mini setting (SmolLM2-135M + LoRA on a CPU), replacing the config's lr and epochs; an
+#: unlearning config that sets its own lr (grun.yaml: LoReFT at 4e-3) keeps it unless --unlearn-lr is given
 MINI = {"learn": {"lr": 1.0e-3, "epochs": 8}, "unlearn": {"lr": 2.0e-4, "epochs": 5}}
 COLUMNS = (("tofu", "forget_quality", "FQ"), ("tofu", "model_utility", "MU"), ("forget", "prob", "f.prob"),
            ("forget", "rouge", "f.ROUGE"), ("forget", "truth_ratio", "f.TR"), ("retain_eval", "rouge", "r.ROUGE"),
@@ -84,9 +85,10 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
     if mini is not None:
         recipe = {k: {p: v if v is not None else MINI[k][p] for p, v in ps.items()} for k, ps in recipe.items()}
 
-    def flags(kind: str) -> list[str]:
+    def flags(kind: str, stage: str | None = None) -> list[str]:
         f = ["--seed_everything", str(seed)] + (["--model.init_args.model", model] if model else [])
-        if recipe[kind]["lr"] is not None:
+        own = unlearn_lr is None and stage is not None and stages.sets_lr(CONFIG_DIR / f"{stage}.yaml")
+        if recipe[kind]["lr"] is not None and not own:
             f += ["--model.init_args.lr", str(recipe[kind]["lr"])]
         if recipe[kind]["epochs"] is not None:
             f += ["--trainer.max_epochs", str(recipe[kind]["epochs"])]
@@ -106,7 +108,7 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
         if method == "tnpo":  # its token selection first: a predict stage on the learned model
             masks = token_scores(out, flags("unlearn") + learned_adapter, mini)
             extra = ["--data.init_args.token_masks", json.dumps({"forget": str(masks)})]
-        records[method] = run_stage(method, out, flags("unlearn") + reference + floor + extra + [
+        records[method] = run_stage(method, out, flags("unlearn", method) + reference + floor + extra + [
             "--eval_before", "false", *learned_adapter], mini)
     summary = {"stages": {name: summarize(rec) for name, rec in records.items()}, "mini": mini,
                "wall_time_s": round(time.time() - t0, 1), "versions": package_versions()}

@@ -321,6 +321,16 @@ def test_eval_py_puts_a_plain_model_through_the_tofu_evaluators(tofu_mirror, tin
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------------------
+def test_the_mini_recipe_keeps_a_method_files_own_lr():
+    """The mini setting's lr (2e-4, for LoRA) replaces the lr of LoRA methods only: GRUN's LoReFT trains at its
+    file's 4e-3."""
+    from lit_unlearn.stages import sets_lr
+    from lit_unlearn.tofu import CONFIG_DIR
+
+    assert sets_lr(CONFIG_DIR / "grun.yaml")
+    assert not any(sets_lr(CONFIG_DIR / f"{m}.yaml") for m in ("npo", "npo_gd", "graddiff", "tnpo", "simnpo", "idk"))
+
+
 def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model_dir, tmp_path, monkeypatch, capsys):
     from lit_unlearn.tofu import format_summary, run_pipeline
 
