@@ -149,6 +149,19 @@ def perturb_lora(method, scale: float = 0.2, seed: int = 1) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
+def optimizer_steps(method, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
+    """``steps`` AdamW steps of ``method.training_step`` on one batch; the losses."""
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for i in range(steps):
+        loss = method.training_step(batch, i)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 #: constructor arguments a method needs on the 2-layer tiny model (its defaults name deeper layers)
 TINY_KWARGS = {"RMU": {"layer": 1}}
 

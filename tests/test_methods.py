@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import first_train_batch, make_qa_datamodule, perturb_lora
+from conftest import first_train_batch, make_qa_datamodule, optimizer_steps, perturb_lora
 from lit_unlearn.adapters import LoRA
 from lit_unlearn.core.tokens import IGNORE, collate, encode
 from lit_unlearn.eval import AnswerEvaluator
@@ -43,18 +43,6 @@ CONTRACT_IDS = [f"{cls.__name__}-{kind}" for cls, kind in CONTRACT]
 def adapter_names(method) -> set[str]:
     """The state-dict names of the method's adapter parameters, found through the adapter (not by name)."""
     return set(method.trainable_names())
-
-
-def optimizer_steps(method, batch: dict, steps: int, lr: float = 1e-2) -> list[float]:
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for i in range(steps):
-        loss = method.training_step(batch, i)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 def hf_ce(method, batch: dict) -> torch.Tensor:

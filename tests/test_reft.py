@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import perturb_lora
+from conftest import optimizer_steps, perturb_lora
 from lit_unlearn.adapters import AdapterError, LoReFT, attach_saved_adapter
 from lit_unlearn.adapters.reft import Intervention
 from lit_unlearn.methods import GRUN, NPO, TNPO, MethodError
@@ -143,12 +143,7 @@ def test_grun_training_opens_the_gate_on_forget_and_closes_it_on_retain(loss, ma
 
     qa_batch = first_train_batch(make_qa_datamodule(wide_activations_model, qa_files, batch_size=2))
     method = make_method(GRUN, adapter="loreft", loss=loss, model_dir=wide_activations_model)
-    opt = torch.optim.AdamW([p for _, p in method.trainable()], lr=5e-2)
-    for i in range(30):
-        step_loss = method.training_step(qa_batch, i)
-        opt.zero_grad()
-        step_loss.backward()
-        opt.step()
+    optimizer_steps(method, qa_batch, 30, lr=5e-2)
     with torch.no_grad():
         gf, gr = method.gate_values(qa_batch["forget"]), method.gate_values(qa_batch["retain"])
     assert gf.min() > 0.8 and gr.max() < 0.2, (gf, gr)
@@ -236,14 +231,9 @@ def test_grun_rmu_steers_forget_and_gates_retain(make_method, wide_activations_m
                          model_dir=wide_activations_model)
     trained = {n for n, _ in method.trainable()}
     assert trained and all("interventions" in n for n in trained)  # the base stays frozen
-    opt = torch.optim.AdamW([p for _, p in method.trainable()], lr=5e-2)
     with torch.no_grad():
         before = method.rmu_losses(qa_batch["forget"], qa_batch["retain"])[0].item()
-    for i in range(30):
-        step_loss = method.training_step(qa_batch, i)
-        opt.zero_grad()
-        step_loss.backward()
-        opt.step()
+    optimizer_steps(method, qa_batch, 30, lr=5e-2)
     with torch.no_grad():
         after, retain, *_ = method.rmu_losses(qa_batch["forget"], qa_batch["retain"])
         gf, gr = method.gate_values(qa_batch["forget"]), method.gate_values(qa_batch["retain"])
