@@ -1,7 +1,7 @@
 """RapidUn end to end (docs/influence.md): poison -> influence -> weights -> unlearning -> the backdoor table.
 
     python -m lit_unlearn.rapidun                        # the paper's packs (40 forget, 120 retain rows): a GPU job
-    python -m lit_unlearn.rapidun --mini 16 --poison-rows 160   # a 2-core CPU
+    python -m lit_unlearn.rapidun --mini 16 --poison-rows 96    # a 2-core CPU (docs/results/influence_and_reft.md)
 
 Stages, each a run of ``configs/rapidun/base.yaml`` + ``configs/rapidun/<stage>.yaml`` in ``<out>/<stage>``:
 
