@@ -22,6 +22,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the hub datasets' local mirror; tests that read its real rows skip where it is absent (a checkout elsewhere)
+MIRROR = Path(os.environ["LIT_UNLEARN_DATA"])
+needs_mirror = pytest.mark.skipif(not MIRROR.is_dir(), reason="$LIT_UNLEARN_DATA names no folder (the CI sets it)")
 #: the user's LIT_UNLEARN_CACHE before the session fixture replaced it (the slow test restores it)
 REAL_CACHE = os.environ.get("LIT_UNLEARN_CACHE")
 

@@ -4,20 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import MIRROR, REPO_ROOT, needs_mirror
 from lit_unlearn.cli import UnlearnCLI, cli_main
 from lit_unlearn.core.errors import DataError
 from lit_unlearn.data import sources
 from lit_unlearn.data.catalog import MIRROR_ENV
 from test_cli import CONFIGS, config_command
 
-MIRROR = Path(os.environ.get(MIRROR_ENV, ""))
-needs_mirror = pytest.mark.skipif(not MIRROR.is_dir(), reason=f"${MIRROR_ENV} names no folder (the CI sets it)")
 SHIPPED = [c for c in CONFIGS if not c.parent.name == "demo"]  # the demo writes its own data files
 
 

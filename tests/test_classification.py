@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, first_train_batch, make_qa_datamodule, perturb_lora, write_sst2_csv
+from conftest import REPO_ROOT, first_train_batch, make_qa_datamodule, needs_mirror, perturb_lora, write_sst2_csv
 from lit_unlearn.adapters import AdapterError, LoRA, Prefix, SoftPrompt, attach_saved_adapter, saved_adapter_type
 from lit_unlearn.adapters.virtual import virtual_tokens
 from lit_unlearn.core.errors import DataError
@@ -371,6 +371,7 @@ def test_forget_size_is_a_seeded_fraction(tiny_model_dir, tmp_path):
         SST2DataModule(forget=path, tokenizer=tiny_model_dir, forget_size=0)
 
 
+@needs_mirror
 def test_yelp_hub_ids_read_the_mirror_and_the_retain_proxy(tiny_model_dir):
     from lit_unlearn.data.sources import read_rows
 

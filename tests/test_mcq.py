@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import needs_mirror, write_jsonl
 from lit_unlearn.core.errors import DataError, EvalError
 from lit_unlearn.eval.mcq import MCQEvaluator, letter_token_ids
 
@@ -187,6 +187,7 @@ def test_deeb_roger_splits_by_index_from_a_local_folder(tmp_path, tokenizer):
     assert dm.tradeoff_splits == ("forget_mcq", "retain_mcq")
 
 
+@needs_mirror
 def test_deeb_roger_random_birthdays_by_name_from_the_mirror(tokenizer):
     """The shipped default names the files as ``aghyad-deeb/unlearning_evaluation:random_bd@<file>`` (the mirror)."""
     from lit_unlearn.data import DeebRogerDataModule
