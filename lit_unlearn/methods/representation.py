@@ -121,6 +121,7 @@ class GRUN(IDK):
         self.loss, self.gate_weight, self.npo_weight, self.beta = loss, gate_weight, npo_weight, beta
         self.steering, self.rmu_layer = steering, rmu_layer
         self.control: Tensor | None = None
+        self._steered: tuple[nn.Module, nn.Module] | None = None
 
     def prepare_forget(self, batch: dict) -> dict:
         return super().prepare_forget(batch) if self.loss == "idk" else batch
@@ -136,7 +137,10 @@ class GRUN(IDK):
 
     def steered_layers(self) -> tuple[nn.Module, nn.Module]:
         """``rmu``: (the decoder layer whose output is steered, the layer after which a forward may stop: the later
-        of it and the last intervened layer, so every gate of the forward is recorded)."""
+        of it and the last intervened layer, so every gate of the forward is recorded); found once, on the first
+        step (the model's layers do not change during a run)."""
+        if self._steered is not None:
+            return self._steered
         _, layers = decoder_layers(self.lm)
         edited = [int(i) for i in self.adapter.provider(self.lm).at]
         depth = len(layers)
@@ -144,7 +148,8 @@ class GRUN(IDK):
         if not -depth <= index < depth:
             raise MethodError(f"--model.rmu_layer {index} is past the model's depth ({depth} layers, 0..{depth - 1})")
         index %= depth
-        return layers[index], layers[max(index, *edited)]
+        self._steered = (layers[index], layers[max(index, *edited)])
+        return self._steered
 
     def rmu_losses(self, forget: dict, retain: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``rmu``: (forget MSE to c, retain MSE to the un-intervened activations, gate logits, gate targets)."""
