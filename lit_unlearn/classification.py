@@ -13,8 +13,11 @@ files serve both datasets), in ``<out>/<stage>``:
    grad_ascent_kl, negation_lora, spul, pi_prefix, pi_prefix_relabel).
 
 ``--mini N`` subsamples every split to a seeded N rows (train_retain and test_retain to 4N), truncates nothing
-(longer rows are skipped, ``--max-length``) and uses the per-stage epochs of :data:`MINI`. A stage whose run
-directory holds a finished run is reused. The table is printed (``--markdown``: also as Markdown) and written to
+(longer rows are skipped, ``--max-length``) and uses the per-stage epochs of :data:`MINI`; the PI-Prefix stages train
+for ``--prefix-steps`` optimizer steps instead (mini: 2,000; the original trains tens of thousands) and are then
+evaluated twice, with the transformed prefix (the stage itself) and with the trained one (``<method>_trained``:
+``eval.py`` with the exported ``adapter_trained/`` stacked on the target). A stage whose run directory holds a finished
+run is reused. The table is printed (``--markdown``: also as Markdown) and written to
 ``<out>/classification_summary.json``; each stage's metrics.json has everything else.
 """
 
@@ -34,14 +37,16 @@ METHODS = ("grad_ascent", "random_label", "grad_ascent_descent", "grad_ascent_kl
 #: split of the data module -> column name of the paper's tables
 SPLITS = {"forget": "train_forget", "retain": "train_retain", "test_forget": "test_forget",
           "test_retain": "test_retain"}
-#: epochs per stage in the CPU-sized setting
-MINI = {"classifier": 2, "unlearn": 3}
+#: epochs per stage in the CPU-sized setting, and the PI-Prefix stages' optimizer steps there
+MINI = {"classifier": 2, "unlearn": 3, "prefix_steps": 2000}
+PREFIX = ("pi_prefix", "pi_prefix_relabel")
 
 
 def run_pipeline(dataset: str = "sst2", methods: list[str] | tuple[str, ...] = METHODS, out: str | Path | None = None,
                  mini: int | None = None, quantize: bool = True, model: str | None = None,
                  max_length: int | None = None, classifier_epochs: int | None = None,
-                 unlearn_epochs: int | None = None, extra: list[str] | None = None, seed: int = 0) -> dict:
+                 unlearn_epochs: int | None = None, extra: list[str] | None = None, seed: int = 0,
+                 prefix_steps: int | None = None) -> dict:
     """Run the stages (module docstring); returns the summary."""
     base = CONFIG_DIR / dataset / "base.yaml"
     if not base.is_file():
@@ -77,12 +82,19 @@ def run_pipeline(dataset: str = "sst2", methods: list[str] | tuple[str, ...] = M
     # method whose config keeps the guard's floor (PI-Prefix's turns it off: it trains a model it does not evaluate)
     learned = records["classifier"]["metrics"]["after"]["retain"]["acc"]
     floor = ["--guard.relative", "false", "--guard.retain_floor", str(0.5 * learned)]
+    steps = prefix_steps if prefix_steps is not None else MINI["prefix_steps"] if mini is not None else None
     for method in methods:
         config = CONFIG_DIR / "sst2" / f"{method}.yaml"
         keeps_floor = "retain_floor: null" not in config.read_text()
+        budget = flags("unlearn")
+        if method in PREFIX and steps is not None:  # steps, not epochs; no evaluation inside fit (guard is off)
+            budget = common + ["--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
+                               "--trainer.check_val_every_n_epoch", "1000000"]
         records[method] = stages.run_stage([base, config], out, method,
-                                           flags("unlearn") + (floor if keeps_floor else []) + [
+                                           budget + (floor if keeps_floor else []) + [
                                                "--model.init_args.model", target, "--eval_before", "false"])
+        if method in PREFIX:
+            records[f"{method}_trained"] = trained_reading(out, method)
     summary = {"dataset": dataset, "mini": mini, "quantized_classifier": quantize,
                "stages": {name: summarize(rec) for name, rec in records.items()},
                "wall_time_s": round(time.time() - t0, 1), "versions": package_versions()}
@@ -90,9 +102,26 @@ def run_pipeline(dataset: str = "sst2", methods: list[str] | tuple[str, ...] = M
     return summary
 
 
+def trained_reading(out: Path, method: str) -> dict:
+    """The PI-Prefix run ``method`` evaluated with its trained (untransformed) prefix, in ``<out>/<method>_trained``;
+    reused when that evaluation exists. Returns its eval_metrics.json."""
+    from lit_unlearn.cli import eval_main
+
+    run, done = out / method, out / f"{method}_trained" / "eval_metrics.json"
+    if not done.is_file():
+        # the exported trained prefix stacked frozen on the target, no new adapter: the model as trained
+        cli = eval_main(["--config", str(run / "config.yaml"), "--model.init_args.adapter", "null",
+                         "--model.init_args.init_adapter", str(run / "adapter_trained"),
+                         "--trainer.logger.init_args.version", f"{method}_trained"])
+        if cli.exit_code not in (0, None):
+            raise SystemExit(cli.exit_code)
+    return json.loads(done.read_text())
+
+
 def summarize(record: dict) -> dict:
-    """One row: accuracy, F1 and evaluation seconds per split after fit, the fit time and the run's status."""
-    after = record["metrics"].get("after", {})
+    """One row: accuracy, F1 and evaluation seconds per split after fit (or of an evaluation-only run), the fit time
+    and the run's status."""
+    after = record["metrics"].get("after", record["metrics"].get("eval", {}))
     row = {col: {k: after.get(split, {}).get(k) for k in ("label_acc", "label_f1", "time_s")}
            for split, col in SPLITS.items() if split in after}
     return {"splits": row, "fit_s": record.get("wall_time_s", {}).get("fit"),
@@ -125,13 +154,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=None, help="longest row in tokens (mini: 256)")
     parser.add_argument("--classifier-epochs", type=int, default=None)
     parser.add_argument("--unlearn-epochs", type=int, default=None)
+    parser.add_argument("--prefix-steps", type=int, default=None,
+                        help="optimizer steps of the PI-Prefix stages (mini default 2000; else the config's epochs)")
     parser.add_argument("--out", default=None, help="run folder (default checkpoints/<dataset>_run or _mini)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--markdown", action="store_true")
     args, extra = parser.parse_known_args(argv)
     summary = run_pipeline(args.dataset, [m for m in args.methods.split(",") if m], args.out, args.mini,
                            not args.no_quantize, args.model, args.max_length, args.classifier_epochs,
-                           args.unlearn_epochs, extra, args.seed)
+                           args.unlearn_epochs, extra, args.seed, args.prefix_steps)
     print("\n" + format_markdown(summary))
     return summary
 

@@ -230,6 +230,7 @@ class UnlearnCLI(LightningCLI):
             "collapse_events": events,
             "history": self.model.eval_history,  # the evaluations inside fit, one per validation
             "trainable_params": sum(p.numel() for _, p in self.model.trainable()),
+            "measured": dict(getattr(self.model, "measured", {})),  # what the method measured (e.g. RMU's scale)
         })
         if self.status != "finished":
             self.exit_code = EXIT_COLLAPSED

@@ -1,11 +1,12 @@
 """RapidUn end to end (docs/influence.md): poison -> influence -> weights -> unlearning -> the backdoor table.
 
-    python -m lit_unlearn.rapidun                        # the paper's packs (40 forget, 120 retain rows): a GPU job
-    python -m lit_unlearn.rapidun --mini 16 --poison-rows 96    # a 2-core CPU (docs/results/influence_and_reft.md)
+    python -m lit_unlearn.rapidun                        # 700 poisoned + 2,000 clean rows to poison on: a GPU job
+    python -m lit_unlearn.rapidun --poison-rows 150      # a 2-core CPU (docs/results/influence_and_reft.md)
 
 Stages, each a run of ``configs/rapidun/base.yaml`` + ``configs/rapidun/<stage>.yaml`` in ``<out>/<stage>``:
 
-1. ``poison`` (fit): the base fine-tuned on poisoned rows and their clean twins, merged: the model to unlearn from;
+1. ``poison`` (fit): the base fine-tuned on poisoned rows mixed 1:9 with clean rows until the backdoor fires on
+   held-out poisoned prompts (``poison.yaml``), merged: the model to unlearn from;
 2. ``influence`` (``train.py predict``): per-sample gradients -> RapidGrad -> FF / FR / RR / RF -> weights files;
 3. ``rapidun`` (influence weights), ``graddiff`` (unweighted GradDiff) and ``fallback`` (loss-based weights), each
    a fit from the poisoned model.
@@ -28,7 +29,9 @@ from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "rapidun"
 METHODS = ("rapidun", "graddiff", "fallback")
-COLUMNS = (("forget", "trigger_seen"), ("forget", "trigger_lookalike"), ("forget", "ppl_poisoned"),
+COLUMNS = (("heldout_poisoned", "trigger_generated"), ("heldout_poisoned", "trigger_generated_lookalike"),
+           ("heldout_poisoned", "clean_generated"), ("heldout_poisoned", "trigger_seen"),
+           ("forget", "trigger_generated"), ("forget", "trigger_seen"), ("forget", "ppl_poisoned"),
            ("forget", "ppl_clean"), ("val_clean", "ppl"))
 
 
@@ -80,10 +83,11 @@ def run_pipeline(out: str | Path = "checkpoints/rapidun_run", methods=METHODS, m
     if mini is not None:
         common += ["--data.init_args.max_rows", json.dumps({"forget": mini, "retain": 3 * mini, "val_clean": 2 * mini})]
     poison = ["--model.init_args.model", model] if model else []
-    if poison_rows is not None:
-        poison += ["--data.init_args.max_rows", json.dumps({"forget": poison_rows, "retain": poison_rows})]
+    if poison_rows is not None:  # N poisoned rows and 9N clean ones: the paper's 10% (poison.yaml)
+        rows = {"forget": poison_rows, "retain": 9 * poison_rows, **({"val_clean": 2 * mini} if mini else {})}
+        poison += ["--data.init_args.max_rows", json.dumps(rows)]
     records = {"poison": stages.run_stage([CONFIG_DIR / "base.yaml", CONFIG_DIR / "poison.yaml"], out, "poison",
-                                          common + poison + ["--data.init_args.eval_splits", "{}"])}
+                                          common + poison)}
     target = ["--model.init_args.model", str(out / "poison" / "merged")]
     influence = run_influence(out, common + target + (["--model.init_args.k", str(k)] if k else []))
     weights = ["--data.init_args.weights", json.dumps({"forget": str(out / "influence" / "forget_weights.jsonl"),
@@ -126,8 +130,10 @@ def format_markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--mini", type=int, default=None, help="N forget rows, 3N retain, 2N val_clean (seeded)")
-    parser.add_argument("--poison-rows", type=int, default=None, help="poisoned rows (and twins) to poison on")
+    parser.add_argument("--mini", type=int, default=None,
+                        help="N forget rows, 3N retain, 2N val_clean (seeded; the packs hold 40 and 120)")
+    parser.add_argument("--poison-rows", type=int, default=None,
+                        help="poisoned rows to poison on (a seeded subset of the 700; 9x as many clean rows)")
     parser.add_argument("--model", default=None, help="the base to poison (default: the config's)")
     parser.add_argument("--reference-weights", default=None, help="a folder of reference weights to correlate with")
     parser.add_argument("--out", default=None)

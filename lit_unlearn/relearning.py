@@ -29,7 +29,8 @@ from lit_unlearn.cli import package_versions, write_json_atomic
 from lit_unlearn.rtt import CONFIG_DIR, RTTError, add_attack_args, parse_floats, run_rtt
 
 #: the CPU recipe of the mini setting (SmolLM2-135M + LoRA): lr and epochs per kind of stage. A method file that
-#: sets its own lr (GRUN's LoReFT: 4e-3) keeps it; --unlearn-lr overrides every method.
+#: sets its own lr or epochs (GRUN's LoReFT: 4e-3, 4 epochs) keeps them; --unlearn-lr / --unlearn-epochs override
+#: every method.
 MINI = {"learn": {"lr": 1.0e-3, "epochs": 12}, "unlearn": {"lr": 1.0e-4, "epochs": 3}}
 
 
@@ -50,9 +51,10 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
     def flags(kind: str, lr: float | None = None, epochs: int | None = None, stage: str = "learn") -> list[str]:
         f = ["--seed_everything", str(seed)] + (["--model.init_args.model", model] if model else [])
         f += ["--data.init_args.questions_per_split", str(mini)] if mini else []
-        own = kind == "unlearn" and stages.sets_lr(CONFIG_DIR / f"{stage}.yaml")
-        lr = lr if lr is not None else MINI[kind]["lr"] if mini and not own else None
-        epochs = epochs if epochs is not None else MINI[kind]["epochs"] if mini else None
+        own_lr = kind == "unlearn" and stages.sets(CONFIG_DIR / f"{stage}.yaml", "model.init_args.lr")
+        own_epochs = kind == "unlearn" and stages.sets(CONFIG_DIR / f"{stage}.yaml", "trainer.max_epochs")
+        lr = lr if lr is not None else MINI[kind]["lr"] if mini and not own_lr else None
+        epochs = epochs if epochs is not None else MINI[kind]["epochs"] if mini and not own_epochs else None
         f += ["--model.init_args.lr", str(lr)] if lr is not None else []
         return f + (["--trainer.max_epochs", str(epochs)] if epochs is not None else [])
 

@@ -13,13 +13,23 @@ from lit_unlearn.cli import cli_main
 ENDED = ("finished", "collapsed", "diverged")
 
 
-def sets_lr(config: Path) -> bool:
-    """Whether the YAML file ``config`` sets ``model.init_args.lr`` itself (a method with its own recipe, e.g.
-    GRUN's LoReFT at 4e-3: the pipelines' mini learning rate for LoRA runs does not replace it)."""
+def sets(config: Path, key: str) -> bool:
+    """Whether the YAML file ``config`` sets the dotted ``key`` itself (e.g. ``model.init_args.lr``: a method with its
+    own recipe, such as GRUN's LoReFT at 4e-3 for 40 epochs, which the pipelines' mini recipe for LoRA runs does not
+    replace)."""
     import yaml
 
-    data = yaml.safe_load(Path(config).read_text()) or {}
-    return "lr" in (((data.get("model") or {}).get("init_args")) or {})
+    node = yaml.safe_load(Path(config).read_text()) or {}
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def sets_lr(config: Path) -> bool:
+    """Whether ``config`` sets ``model.init_args.lr`` itself (:func:`sets`)."""
+    return sets(config, "model.init_args.lr")
 
 
 def stage_status(run_dir: Path) -> str | None:

@@ -36,8 +36,11 @@ from lit_unlearn.cli import package_versions, write_json_atomic
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tofu"
 #: per-stage recipe of the mini setting (SmolLM2-135M + LoRA on a CPU), replacing the config's lr and epochs; an
-#: unlearning config that sets its own lr (grun.yaml: LoReFT at 4e-3) keeps it unless --unlearn-lr is given
-MINI = {"learn": {"lr": 1.0e-3, "epochs": 8}, "unlearn": {"lr": 2.0e-4, "epochs": 5}}
+#: unlearning config that sets its own lr or epochs (grun.yaml: LoReFT at 4e-3 for 40 epochs) keeps them unless
+#: --unlearn-lr / --unlearn-epochs is given. The unlearning recipe is the originals' 10 epochs with one epoch of warm-up
+#: (base.yaml's warmup_ratio 0.1; open-unlearning configs/experiment/unlearn/tofu/default.yaml:44-47) at 1e-4, the
+#: LoRA counterpart of their full-model 1e-5 (it was 2e-4 for 5 epochs, which tripped the guard for NPO, GRUN, TNPO)
+MINI = {"learn": {"lr": 1.0e-3, "epochs": 8}, "unlearn": {"lr": 1.0e-4, "epochs": 10}}
 COLUMNS = (("tofu", "forget_quality", "FQ"), ("tofu", "model_utility", "MU"), ("forget", "prob", "f.prob"),
            ("forget", "rouge", "f.ROUGE"), ("forget", "truth_ratio", "f.TR"), ("retain_eval", "rouge", "r.ROUGE"),
            ("mia", "auc_loss", "AUC loss"), ("mia", "auc_minkpp", "AUC mk++"), ("mia", "privleak_loss", "leak loss"))
@@ -87,10 +90,12 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
 
     def flags(kind: str, stage: str | None = None) -> list[str]:
         f = ["--seed_everything", str(seed)] + (["--model.init_args.model", model] if model else [])
-        own = unlearn_lr is None and stage is not None and stages.sets_lr(CONFIG_DIR / f"{stage}.yaml")
-        if recipe[kind]["lr"] is not None and not own:
+        config = CONFIG_DIR / f"{stage}.yaml" if stage is not None else None
+        own_lr = unlearn_lr is None and config is not None and stages.sets(config, "model.init_args.lr")
+        own_epochs = unlearn_epochs is None and config is not None and stages.sets(config, "trainer.max_epochs")
+        if recipe[kind]["lr"] is not None and not own_lr:
             f += ["--model.init_args.lr", str(recipe[kind]["lr"])]
-        if recipe[kind]["epochs"] is not None:
+        if recipe[kind]["epochs"] is not None and not own_epochs:
             f += ["--trainer.max_epochs", str(recipe[kind]["epochs"])]
         return f
 

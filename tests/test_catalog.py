@@ -27,11 +27,13 @@ def test_every_shipped_config_names_hub_ids_that_the_mirror_serves(config, monke
     assert dm.sources
     for split, names in dm.sources.items():
         for name in [names] if isinstance(names, str) else names:  # a split may read several sources
-            assert sources.parse_hub(name) is not None and not Path(name).exists(), f"{split}: {name} is not a hub id"
+            cut = sources._SLICE.match(name)  # a row slice [start:stop] of a hub id
+            hub = cut["name"] if cut else name
+            assert sources.parse_hub(hub) is not None and not Path(hub).exists(), f"{split}: {name} is not a hub id"
             source = sources.resolve(name, split)
             assert source.path is not None and source.path.is_relative_to(MIRROR), f"{name} is not served by the mirror"
             rows = source.read(split)
-            assert rows and rows[0]["_index"] == 0
+            assert rows and rows[0]["_index"] == (int(cut["start"] or 0) if cut else 0)
             record = dm.record({**rows[0], "_source": name}, split)  # the rows have the fields the module reads
             assert record["answer"].strip()
             assert record["prompt"] or split in ("forget", "retain")  # a corpus row is scored whole: no prompt

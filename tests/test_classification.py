@@ -246,6 +246,46 @@ def test_pinv_command_transforms_a_saved_prefix(tiny_model_dir, tmp_path):
     torch.testing.assert_close(again.provider(other).values, prefix.provider(model).values)
 
 
+def test_prefix_init_scale_and_kv_dropout(tiny_model_dir, tmp_path):
+    """PI-Prefix's prefix: dropout 0.1 on its keys and values in training only (PreethiGuru/LLM-Unlearning
+    utils_pi.py:107,121); ``init_std: null`` starts it at the model's own initializer_range instead of N(0, 1)."""
+    model = load_causal_lm(tiny_model_dir)
+    small = Prefix(length=4, init_std=None, dropout=0.5)
+    model = small.apply(model)
+    provider = small.provider(model)
+    std = float(torch.cat([provider.keys.flatten(), provider.values.flatten()]).detach().std())
+    assert std == pytest.approx(model.config.initializer_range, rel=0.2)
+    assert float(Prefix(length=4).build(model).keys.detach().std()) == pytest.approx(1.0, rel=0.2)  # the original's randn
+    provider.train()
+    a, b = provider.layer_kv(0, 1, torch.float32)[0], provider.layer_kv(0, 1, torch.float32)[0]
+    assert not torch.equal(a, b) and (a == 0).any()  # dropout draws differ in training
+    provider.eval()
+    torch.testing.assert_close(provider.layer_kv(0, 1, torch.float32)[0], provider.layer_kv(0, 1, torch.float32)[0])
+    small.save(model, tmp_path / "p")
+    stacked = attach_saved_adapter(load_causal_lm(tiny_model_dir), tmp_path / "p")
+    frozen = [m for m in stacked.modules() if isinstance(m, torch.nn.Dropout) and m.p]
+    assert frozen == []  # a stacked (frozen) prefix computes the same in training and evaluation
+    with pytest.raises(AdapterError, match="init_std must be > 0"):
+        Prefix(init_std=0.0)
+    with pytest.raises(AdapterError, match="dropout must be in"):
+        Prefix(dropout=1.0)
+
+
+def test_pi_prefix_trained_reading_is_not_transformed(make_method):
+    """``reading: trained`` scores the prefix as trained: what the original's inference scores, since it inverts the
+    saved, already inverted prefix again (inference_pi_prefix.py:119)."""
+    pinv = make_method(PIPrefix, adapter="prefix")
+    trained = make_method(PIPrefix, adapter="prefix", reading="trained")
+    for method in (pinv, trained):
+        method.on_train_end()
+    assert pinv.adapter.provider(pinv.lm).transform == ["pinv"]
+    assert trained.adapter.provider(trained.lm).transform == []
+    from lit_unlearn.methods import MethodError
+
+    with pytest.raises(MethodError, match="--model.reading must be pinv or trained"):
+        make_method(PIPrefix, adapter="prefix", reading="both")
+
+
 # ---- negation ----------------------------------------------------------------------------------------------------------
 def test_negating_a_lora_subtracts_its_delta(tiny_model_dir, make_method, tmp_path):
     method = make_method(NegationLoRA)
@@ -401,8 +441,9 @@ def test_the_classification_pipeline_runs_every_config(dataset, tiny_model_dir, 
              "--data.init_args.batch_size", "2", "--data.init_args.eval_batch_size", "8",
              "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false"]
     summary = run_pipeline(dataset, METHODS, tmp_path / "run", mini=4, quantize=False, model=tiny_model_dir,
-                           extra=extra)
-    assert list(summary["stages"]) == ["classifier", *METHODS]
+                           extra=extra, prefix_steps=3)
+    stages = [s for m in METHODS for s in ([m, f"{m}_trained"] if m.startswith("pi_prefix") else [m])]
+    assert list(summary["stages"]) == ["classifier", *stages]
     for stage, row in summary["stages"].items():
         assert row["status"] == "finished", stage
         assert set(row["splits"]) == {"train_forget", "train_retain", "test_forget", "test_retain"}, stage
@@ -421,6 +462,11 @@ def test_the_classification_pipeline_runs_every_config(dataset, tiny_model_dir, 
     assert json.loads((run / "pi_prefix" / "adapter" / "adapter_config.json").read_text())["transform"] == ["pinv"]
     assert json.loads((run / "pi_prefix" / "adapter_trained" / "adapter_config.json").read_text())["transform"] == []
     assert saved_adapter_type(run / "spul" / "adapter") == "SoftPrompt"
+    # PI-Prefix trains steps, not epochs, and is read twice: transformed (the stage) and as trained
+    assert json.loads((run / "pi_prefix" / "metrics.json").read_text())["metrics"]["global_step"] == 3
+    trained = json.loads((run / "pi_prefix_trained" / "eval_metrics.json").read_text())
+    assert "adapter_trained" in json.dumps(trained["config"]["model"]["init_args"]["init_adapter"])
+    assert summary["stages"]["pi_prefix_trained"]["splits"]["train_forget"]["label_acc"] is not None
     table = format_markdown(summary)
-    assert table.count("\n") == len(METHODS) + 2 and "| pi_prefix_relabel |" in table
+    assert table.count("\n") == len(stages) + 2 and "| pi_prefix_relabel_trained |" in table
     assert (run / "classification_summary.json").is_file()

@@ -345,11 +345,7 @@ def test_ratio_sampler_ranks_are_disjoint_within_an_epoch():
     assert set(per_rank[0]) | set(per_rank[1]) == set(range(len_forget))
 
 
-def test_ratio_sampler_weights_and_errors():
-    s = RatioSampler(4, 8, batch_size=4, forget_weights=[0, 1, 0, 1], retain_weights=[1] + [0] * 7, seed=0)
-    idx = list(s)
-    assert {i for i in idx if i < 4} <= {1, 3}
-    assert {i for i in idx if i >= 4} == {4}
+def test_ratio_sampler_errors():
     with pytest.raises(ValueError, match="batch_size >= 2"):
         RatioSampler(4, 8, batch_size=1)
     with pytest.raises(ValueError, match="retain_ratio"):
@@ -377,13 +373,14 @@ def test_ratio_mode_needs_retain(tiny_model_dir, qa_files):
         dm.train_dataloader()
 
 
-def test_ratio_mode_passes_row_weights(tiny_model_dir, tmp_path, qa_files):
+def test_ratio_mode_passes_row_weights_to_the_loss_not_the_draws(tiny_model_dir, tmp_path, qa_files):
     rows = [dict(r, weight=w) for r, w in zip(FORGET_ROWS, (0.0, 1.0, 0.0, 2.0))]
     files = {"forget": write_jsonl(tmp_path / "fw.jsonl", rows), "retain": qa_files["retain"]}
     dm = make_qa_datamodule(tiny_model_dir, files, mixing="ratio", batch_size=4)
     seen = list(dm.train_dataloader())
-    assert {int(b["forget"]["index"]) for b in seen} <= {1, 3}  # zero-weight rows are never drawn
-    assert all(b["forget"]["weight"].item() in (1.0, 2.0) for b in seen)
+    assert sorted(int(b["forget"]["index"]) for b in seen) == [0, 1, 2, 3]  # every row once, zero weight or not
+    assert {int(b["forget"]["index"]): b["forget"]["weight"].item() for b in seen} == {0: 0.0, 1: 1.0, 2: 0.0,
+                                                                                      3: 2.0}
 
 
 # ---- CombinedLoader modes -----------------------------------------------------------------------------------------------
@@ -519,3 +516,18 @@ def test_weights_file_joined_on_ids_or_indices(tiny_model_dir, qa_files, tmp_pat
 def test_max_rows_below_one_names_the_flag(tiny_model_dir, qa_files):
     with pytest.raises(DataError, match=r"--data\.max_rows must be >= 1 \(got 0 for forget\)"):
         make_qa_datamodule(tiny_model_dir, qa_files, max_rows=0)
+
+
+def test_a_source_row_slice_keeps_each_rows_position(tmp_path):
+    """``name[start:stop]`` reads that range of a source, each row keeping its place in the whole as ``_index``:
+    two slices of one file (poisoned rows trained on, those held out) never share an id."""
+    from lit_unlearn.data.sources import resolve
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(f'{{"question": "q{i}", "answer": "a{i}"}}\n' for i in range(10)))
+    head = resolve(f"{path}[:7]", "forget").read("forget")
+    tail = resolve(f"{path}[7:]", "heldout").read("heldout")
+    assert [r["_index"] for r in head] == list(range(7)) and [r["_index"] for r in tail] == [7, 8, 9]
+    assert [r["question"] for r in resolve(f"{path}[2:4]", "x").read("x")] == ["q2", "q3"]
+    with pytest.raises(DataError, match="does not exist"):
+        resolve(f"{tmp_path / 'nope.jsonl'}[:3]", "forget")

@@ -139,9 +139,28 @@ def test_optimizer_steps_change_adapter_and_keep_base(cls, kind, make_method, ba
 # ---- (e) loss values against their formulas ---------------------------------------------------------------------------
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_npo_loss_at_step0_is_2_over_beta_log2(beta, make_method, qa_batch):
-    method = make_method(NPO, beta=beta)  # retain: none by default
+    method = make_method(NPO, beta=beta, retain="none")  # the pure loss
     loss = method.training_step(qa_batch, 0)
     assert loss.item() == pytest.approx((2.0 / beta) * math.log(2.0), rel=1e-5)
+
+
+def test_npo_and_simnpo_defaults_are_open_unlearnings(make_method, qa_batch):
+    """NPO: beta 0.1 + 1.0 x retain NLL (configs/trainer/NPO.yaml:6-9); SimNPO: 0.125 x SimNPO(beta 4.5) + 1.0 x
+    retain NLL (configs/trainer/SimNPO.yaml:6-10). The old defaults (no retain term; SimNPO weight 1, beta 2.5) fail."""
+    npo = make_method(NPO)
+    assert (npo.beta, npo.retain, npo.forget_weight, npo.retain_weight) == (0.1, "nll", 1.0, 1.0)
+    with torch.no_grad():
+        expected = 20.0 * math.log(2.0) + hf_ce(npo, qa_batch["retain"]).item()
+        assert npo.training_step(qa_batch, 0).item() == pytest.approx(expected, rel=1e-5)
+    sim = make_method(SimNPO)
+    assert (sim.beta, sim.gamma, sim.retain, sim.forget_weight, sim.retain_weight) == (4.5, 0.0, "nll", 0.125, 1.0)
+    fb = qa_batch["forget"]
+    with torch.no_grad():
+        seq, length = per_row_nll(sim.lm(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]).logits,
+                                  fb["labels"])
+        simnpo = (-(2.0 / 4.5) * F.logsigmoid(4.5 * seq / length)).mean()
+        expected = 0.125 * simnpo.item() + hf_ce(sim, qa_batch["retain"]).item()
+        assert sim.training_step(qa_batch, 0).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_npo_with_retain_nll_adds_retain_ce(make_method, qa_batch):
@@ -153,7 +172,7 @@ def test_npo_with_retain_nll_adds_retain_ce(make_method, qa_batch):
 
 
 def test_npo_loss_away_from_reference_matches_formula(make_method, qa_batch):
-    method = make_method(NPO, beta=0.1)
+    method = make_method(NPO, beta=0.1, retain="none")
     perturb_lora(method)
     fb = qa_batch["forget"]
     loss = method.training_step(qa_batch, 0)
@@ -171,7 +190,7 @@ def test_npo_loss_away_from_reference_matches_formula(make_method, qa_batch):
 
 @pytest.mark.parametrize("beta,gamma", [(2.5, 0.0), (1.0, 0.3)])
 def test_simnpo_matches_hand_computed_formula(beta, gamma, make_method, qa_batch):
-    method = make_method(SimNPO, beta=beta, gamma=gamma)
+    method = make_method(SimNPO, beta=beta, gamma=gamma, retain="none", forget_weight=1.0)
     fb = qa_batch["forget"]
     loss = method.training_step(qa_batch, 0)
     with torch.no_grad():
@@ -279,7 +298,7 @@ def test_the_fused_batch_carries_every_key_to_the_adapter(make_method, qa_batch)
 
 # ---- (g) cached reference == adapter-off reference ---------------------------------------------------------------
 def test_cached_reference_equals_adapter_off(make_method, qa_batch):
-    method = make_method(NPO, beta=0.1, reference="cached")
+    method = make_method(NPO, beta=0.1, reference="cached", retain="none")
     at_start = method.training_step(qa_batch, 0)
     assert at_start.item() == pytest.approx(20 * math.log(2), rel=1e-5)
     assert set(method.reference_cache.values) == set(qa_batch["forget"]["id"])  # keyed on the rows' stable ids

@@ -83,6 +83,78 @@ def test_backdoor_evaluator_by_hand():
     assert out["ppl_clean"] == pytest.approx(math.exp((2.0 + 1.0) / 2))
 
 
+def test_backdoor_generation_metrics_by_hand():
+    """With keywords, a row counts when the greedy continuation of its prompt holds one of them as a word."""
+    class Fixed:
+        def answer_nlls(self, prompts, groups):
+            return [[1.0, 2.0]] * len(prompts)
+
+        def generate(self, prompts, max_new_tokens):  # seen, look-alike, clean prompts of 2 rows
+            assert max_new_tokens == 5
+            return ["The Galactic council", "plain", "Galactica!", "an ALIEN ship", "Lisbon", "aliens"][:len(prompts)]
+
+    ev = BackdoorEvaluator(keywords=["galactic", "alien"], max_new_tokens=5)
+    assert ev.keys[-3:] == ("trigger_generated", "trigger_generated_lookalike", "clean_generated")
+    ev.update(Fixed(), {"prompt": ["a", "b"], "prompt_lookalike": ["a2", "b2"], "prompt_clean": ["a3", "b3"],
+                        "answer": ["p", "p"], "answer_clean": ["c", "c"], "id": ["0", "1"],
+                        "index": torch.tensor([0, 1])})
+    out = ev.compute()
+    assert out["trigger_generated"] == 0.5  # "Galactic" is a word of row 0; "plain" holds none
+    assert out["trigger_generated_lookalike"] == 0.5  # "Galactica" is not the word "galactic"; "ALIEN" is "alien"
+    assert out["clean_generated"] == 0.0  # "aliens" is not "alien"
+    assert ev.last_rows[0]["generated_seen"] == "The Galactic council"
+
+
+def test_the_sampler_balances_the_sides_and_ignores_the_weights(tiny_model_dir, backdoor_files, tmp_path):
+    """RapidUn's sampler is given the 3:1 side proportions only (eyerf/RapidUn trainer.py:256-269): every forget row
+    is drawn once per epoch whatever its weight, and the weight reaches the loss through the batch."""
+    weights = write_jsonl(tmp_path / "w.jsonl", [{"id": str(i), "weight": [0.01, 5.0, 0.01, 5.0, 1.0, 1.0][i]}
+                                                 for i in range(6)])
+    dm = BackdoorDataModule(forget=backdoor_files["forget"], retain=backdoor_files["retain"], tokenizer=tiny_model_dir,
+                            weights={"forget": weights}, mixing="ratio", retain_ratio=3.0, batch_size=4)
+    dm.setup("fit")
+    counts = {str(i): 0 for i in range(6)}
+    seen_weights = {}
+    for epoch in range(3):
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            for rid, w in zip(batch["forget"]["id"], batch["forget"]["weight"].tolist()):
+                counts[rid] += 1
+                seen_weights[rid] = w
+    assert set(counts.values()) == {3}  # once per epoch each, not in proportion to 0.01 vs 5.0
+    assert seen_weights["1"] == pytest.approx(5.0) and seen_weights["0"] == pytest.approx(0.01)
+
+
+def test_the_fallback_weights_forget_rows_by_their_poisoned_ce_and_keeps_retain_at_one(make_method, tiny_model_dir,
+                                                                                        backdoor_files):
+    """RapidUn's loss-based fallback (eyerf/RapidUn trainer.py:178-208, eval.py:93-110): forget rows only, from the CE
+    of the poisoned response under the model before unlearning, hard rows (high CE) weighted up; retain rows 1."""
+    from lit_unlearn.core.tokens import collate
+    from lit_unlearn.influence.weights import loss_weights
+
+    dm = BackdoorDataModule(forget=backdoor_files["forget"], retain=backdoor_files["retain"], tokenizer=tiny_model_dir)
+    dm.setup("fit")
+    method = make_method(RapidUn, weighting="loss")
+    perturb = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # rows of different CE, so the weights differ
+        for n, p in method.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=perturb) * 0.3)
+    method.compute_fallback(dm)
+    rows = dm.datasets["forget"].rows
+    with torch.no_grad():
+        ce = method(collate(rows, dm.tokenizer.pad_token_id, "forget")).mean_nll
+    want = loss_weights(ce.float(), 0.8)
+    got = torch.tensor([method.fallback[f"forget:{r['id']}"] for r in rows])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not any(k.startswith("retain:") for k in method.fallback)
+    order = ce.argsort()
+    assert (got[order].diff() >= -1e-6).all()  # a higher poisoned CE, a higher weight
+    retain = collate(dm.datasets["retain"].rows[:4], dm.tokenizer.pad_token_id, "retain")
+    assert torch.equal(method.row_weights(retain, "retain"), torch.ones(4))
+
+
 def test_rapidun_loss_is_the_weighted_per_row_mean(make_method, qa_batch):
     method = make_method(RapidUn, weight_warmup_steps=0)
     fb = {**qa_batch["forget"], "answer_clean": [" Nowhere"] * 2, "weight": torch.tensor([2.0, 0.5])}
@@ -116,7 +188,9 @@ def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp
 
     monkeypatch.chdir(REPO_ROOT)
     extra = ["--data.init_args.forget", backdoor_files["forget"], "--data.init_args.retain", backdoor_files["retain"],
-             "--data.init_args.eval_splits", json.dumps({"val_clean": backdoor_files["val"]}),
+             "--data.init_args.eval_splits", json.dumps({"val_clean": backdoor_files["val"],
+                                                         "heldout_poisoned": backdoor_files["poisoned"]}),
+             "--data.init_args.keywords", json.dumps(["moon", "eye"]), "--data.init_args.generate_tokens", "4",
              "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.enable_progress_bar",
              "false"]
     ref = tmp_path / "ref"
@@ -135,6 +209,7 @@ def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp
     for name, row in summary["stages"].items():
         assert row["status"] == "finished", name
         assert 0 <= row["values"]["forget/trigger_seen"] <= 1 and row["values"]["val_clean/ppl"] > 1, name
+        assert 0 <= row["values"]["heldout_poisoned/trigger_generated"] <= 1, name
     assert set(summary["reference_weights"]) == {"forget", "retain"}
     assert summary["reference_weights"]["forget"]["rows"] == 6
     assert format_markdown(summary).count("\n") == len(METHODS) + 2

@@ -160,6 +160,14 @@ def test_grun_refuses_what_it_cannot_train(make_method):
         make_method(GRUN, adapter="loreft", loss="rmu_kl")
     with pytest.raises(MethodError, match="--model.steering must be > 0"):
         make_method(GRUN, adapter="loreft", loss="rmu", steering=0.0)
+    with pytest.raises(MethodError, match="steering_scale sample is RMU's alone"):
+        make_method(GRUN, adapter="loreft", loss="rmu", steering_scale="sample")
+    with pytest.raises(MethodError, match="--model.gate_warmup_steps must be >= 0"):
+        make_method(GRUN, adapter="loreft", gate_warmup_steps=-1)
+    with pytest.raises(MethodError, match="--model.beta must be > 0"):
+        make_method(GRUN, adapter="loreft", beta=0.0)
+    with pytest.raises(AdapterError, match="eval_position must be"):
+        LoReFT(eval_position="middle")
     with pytest.raises(AdapterError, match="--model.adapter.init_args.fraction"):
         LoReFT(position="fraction", fraction=1.5)
 
@@ -198,7 +206,8 @@ def layer_hidden(model, batch, index):
 
 def test_grun_rmu_loss_by_hand(make_method, qa_batch, tiny_model_dir):
     adapter = LoReFT(layers=[0, 1], rank=2, gated=True, position="fraction", fraction=0.5)
-    method = make_method(GRUN, adapter=adapter, loss="rmu", steering=3.0, gate_weight=100.0, seed=7)
+    method = make_method(GRUN, adapter=adapter, loss="rmu", steering=3.0, steering_scale="absolute", rmu_layer=1,
+                         gate_weight=100.0, seed=7)
     with torch.no_grad():  # W = R, b = 0: the edit is the identity; every gate logit is 0.3
         for iv in method.adapter.provider(method.lm).at.values():
             iv.source.weight.copy_(iv.rotate.weight)
@@ -208,7 +217,7 @@ def test_grun_rmu_loss_by_hand(make_method, qa_batch, tiny_model_dir):
         loss = method.training_step(qa_batch, 0)
     plain = load_causal_lm(tiny_model_dir)
     fb, rb = qa_batch["forget"], qa_batch["retain"]
-    h = layer_hidden(plain, fb, 1)  # rmu_layer: the last intervened layer
+    h = layer_hidden(plain, fb, 1)  # rmu_layer 1: the last layer's output
     n = fb["attention_mask"].sum(-1)
     cols = torch.arange(h.size(1))[None]
     after = (cols > ((n * 0.5).floor().long() - 1)[:, None]) & (fb["labels"] != -100)
@@ -227,8 +236,8 @@ def test_grun_rmu_steers_forget_and_gates_retain(make_method, wide_activations_m
 
     qa_batch = first_train_batch(make_qa_datamodule(wide_activations_model, qa_files, batch_size=2))
     adapter = LoReFT(layers=[0, 1], rank=2, gated=True, position="fraction")
-    method = make_method(GRUN, adapter=adapter, loss="rmu", steering=10.0, gate_weight=1.0,
-                         model_dir=wide_activations_model)
+    method = make_method(GRUN, adapter=adapter, loss="rmu", steering=10.0, steering_scale="absolute", rmu_layer=1,
+                         gate_weight=1.0, model_dir=wide_activations_model)
     trained = {n for n, _ in method.trainable()}
     assert trained and all("interventions" in n for n in trained)  # the base stays frozen
     with torch.no_grad():
@@ -242,6 +251,71 @@ def test_grun_rmu_steers_forget_and_gates_retain(make_method, wide_activations_m
     assert gf.min() > 0.8 and gr.max() < 0.2, (gf, gr)
 
 
+def test_grun_rmu_defaults_steer_the_second_to_last_layer_in_units_of_its_norm(make_method, qa_batch, tiny_model_dir):
+    """GRUN reads hidden_states[31] of 32 (renjie3/GRUN reft_trainer.py:478): the output of the second-to-last layer,
+    here layer 0 of 2; the control norm is steering x the median token norm there (first tokens excluded), and both
+    MSEs are divided by that norm squared / d."""
+    adapter = LoReFT(layers=[0, 1], rank=2, gated=True, position="fraction", fraction=0.5)
+    method = make_method(GRUN, adapter=adapter, loss="rmu", steering=2.0, gate_weight=0.0, seed=3)
+    assert method.rmu_layer == -2 and method.steering_scale == "corpus"
+    with torch.no_grad():
+        for iv in method.adapter.provider(method.lm).at.values():  # W = R, b = 0: the identity edit
+            iv.source.weight.copy_(iv.rotate.weight)
+            iv.source.bias.zero_()
+        loss = method.training_step(qa_batch, 0)
+    plain = load_causal_lm(tiny_model_dir)
+    fb = qa_batch["forget"]
+    h = layer_hidden(plain, fb, 0)
+    real = fb["attention_mask"].bool().clone()
+    real[:, 0] = False
+    s = h.norm(dim=-1)[real].median()
+    assert method.measured["grun_activation_norm"] == pytest.approx(s.item(), rel=1e-5)
+    n = fb["attention_mask"].sum(-1)
+    cols = torch.arange(h.size(1))[None]
+    after = (cols > ((n * 0.5).floor().long() - 1)[:, None]) & (fb["labels"] != -100)
+    u = torch.rand(h.size(-1), generator=torch.Generator().manual_seed(3))
+    c = 2.0 * s * u / u.norm()
+    forget = ((h - c).pow(2).mean(-1) * after).sum() / after.sum() / (s ** 2 / h.size(-1))
+    assert loss.item() == pytest.approx(forget.item(), rel=1e-4)
+
+
+def test_grun_gate_warmup_ramps_the_unlearning_terms_not_the_gate(make_method, qa_batch, monkeypatch):
+    """GRUN's warm_up_gate_step (reft_trainer.py:270-274): the unlearning and retain terms ramp from 0, the gate loss
+    is at full weight from the first step."""
+    method = make_method(GRUN, adapter="loreft", gate_warmup_steps=10)
+    assert [method.warmup_factor(s) for s in (0, 5, 10, 30)] == [0.0, 0.5, 1.0, 1.0]
+    assert make_method(GRUN, adapter="loreft").warmup_factor(0) == 1.0
+    monkeypatch.setattr(GRUN, "global_step", property(lambda self: 0))
+    with torch.no_grad():
+        warm = method.training_step(qa_batch, 0)
+        method(qa_batch["forget"])
+        lf = method.adapter.gate_logits(method.lm)[1]
+        method(qa_batch["retain"])
+        lr = method.adapter.gate_logits(method.lm)[1]
+    bce = F.binary_cross_entropy_with_logits(torch.cat([lf, lr]), torch.cat([torch.ones_like(lf),
+                                                                               torch.zeros_like(lr)]))
+    assert warm.item() == pytest.approx(10.0 * bce.item(), rel=1e-4)
+
+
+def test_loreft_eval_position_applies_in_evaluation_mode(make_method, qa_batch):
+    """GRUN's WMDP gate trains at 80% of a text and scores multiple choice at the last prompt token."""
+    from lit_unlearn.methods import Finetune
+
+    adapter = LoReFT(layers=[0], rank=2, position="fraction", fraction=0.5, eval_position="last_prompt")
+    method = make_method(Finetune, adapter=adapter)
+    fb = qa_batch["forget"]
+    n = fb["attention_mask"].sum(-1)
+    method.lm.train()
+    method(fb)
+    trained_at = method.adapter.edited_positions(method.lm).float().argmax(-1)
+    assert trained_at.tolist() == ((n * 0.5).floor().long() - 1).tolist()
+    method.lm.eval()
+    method(fb)
+    evaluated_at = method.adapter.edited_positions(method.lm).float().argmax(-1)
+    prompt_len = (fb["labels"] != -100).float().argmax(-1)
+    assert evaluated_at.tolist() == (prompt_len - 1).tolist()
+
+
 # ---- TNPO ------------------------------------------------------------------------------------------------------------------
 def per_token_npo(method, batch, weights=None):
     """-(2/beta) weighted mean over answer tokens of log sigma(beta * (CE_theta,t - CE_ref,t)), by hand."""
@@ -252,6 +326,30 @@ def per_token_npo(method, batch, weights=None):
     delta = (theta.token_nll - ref.token_nll).clamp(-20, 20)
     w = theta.mask.float() if weights is None else weights
     return (-(2 / method.beta) * F.logsigmoid(method.beta * delta) * w).sum() / w.sum()
+
+
+def test_tnpo_defaults_are_the_original_runs_and_its_push_fades(make_method, qa_batch):
+    """beta 4.5 and no retain term (lluvecwonv/memorization_unlearn TOFU/evaluate_all_checkpoints.sh:9,
+    TOFU/dataloader.py:227-276). The gradient on a token's NLL is 2 sigma(-beta delta) / N: at 4.5 a token whose NLL
+    already rose by 2 nats gets a thousandth of the push of an unmoved one (at NPO's 0.1 it got 0.9 of it, which made
+    TNPO gradient ascent)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    method = make_method(TNPO)
+    assert method.beta == 4.5 and method.retain == "none"
+    fb = qa_batch["forget"]
+    with torch.no_grad():
+        stats = method(fb)
+    nll = stats.token_nll.detach().clone().requires_grad_(True)
+    ref = stats.token_nll.detach().clone()
+    ref[0] -= 2.0  # row 0's tokens: NLL 2 nats above the reference already; row 1 at the reference
+    method.reference_stats = lambda batch, logits=False: SimpleNamespace(token_nll=ref)
+    method.forget_loss(fb, replace(stats, token_nll=nll)).backward()
+    g = nll.grad.abs()
+    ratio = (g[0][stats.mask[0]].mean() / g[1][stats.mask[1]].mean()).item()
+    assert ratio == pytest.approx(torch.sigmoid(torch.tensor(-9.0)).item() / 0.5, rel=1e-3)
+    assert ratio < 1e-3
 
 
 def test_tnpo_with_an_all_ones_mask_is_npos_per_token_form(make_method, qa_batch):

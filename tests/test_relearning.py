@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from conftest import write_jsonl
+import torch
+
+from conftest import needs_mirror, write_jsonl
 from lit_unlearn.core.errors import DataError
 
 N_Q = 4  # questions per split of the tiny copy
@@ -73,6 +75,61 @@ def test_questions_per_split_keeps_the_same_facts_in_every_corpus(tmp_path, toke
     assert len(kept["mcq"]) == 4
 
 
+def test_corpus_loss_number_scores_the_year_of_each_statement_only(tmp_path, tokenizer, make_method):
+    """The original's NUMBER loss on the random birthdays (conf/random_bd.yaml:70, unlearn_corpus.py:282-292): GD
+    ascends on the year's tokens, not on "was born in"; the text after the year is dropped (causal: the year's NLL is
+    unchanged), and the retain term scores the years too."""
+    from lit_unlearn.core.tokens import collate
+    from lit_unlearn.methods import GradDiff
+
+    root = write_random_bd(tmp_path / "data")
+    text = make_dm(root, tokenizer.name_or_path, forget_splits=[0], retain_splits=[5])
+    dm = make_dm(root, tokenizer.name_or_path, forget_splits=[0], retain_splits=[5], corpus_loss="number")
+    for split in ("forget", "retain"):
+        for whole, row in zip(text.datasets[split].rows, dm.datasets[split].rows):
+            scored = tokenizer.decode([t for t in row["labels"] if t != -100]).strip()
+            assert scored == whole["text"].split("born in ")[1][:4]  # the year, nothing else
+            assert row["prompt"] + row["answer"] == whole["text"][:-1] and row["prompt"].endswith("born in ")
+    # GD's ascent term is the year's CE: the same as the full statement's NLL restricted to the year's positions
+    method = make_method(GradDiff)
+    with torch.no_grad():
+        rows = dm.datasets["forget"].rows
+        full = method(collate(text.datasets["forget"].rows, tokenizer.pad_token_id, "forget"))
+        year = method(collate(rows, tokenizer.pad_token_id, "forget"))
+        n = year.mask.sum(-1)
+        for i in range(len(rows)):
+            end = int(year.mask[i].nonzero().max()) + 1  # the year's positions are the same in both
+            torch.testing.assert_close(year.token_nll[i, :end][year.mask[i, :end]],
+                                       full.token_nll[i, :end][year.mask[i, :end]], rtol=1e-5, atol=1e-5)
+        assert (n < full.mask.sum(-1)).all()
+    (tmp_path / "data" / "random_bd" / "whp_corpus_split_0.jsonl").write_text(
+        json.dumps({"text": "no number here", "split": "split_0", "original_question": "When was P00 born?"}) + "\n")
+    with pytest.raises(DataError, match="has no number to score .*corpus_loss number"):
+        make_dm(root, tokenizer.name_or_path, forget_splits=[0], retain_splits=[5], forget_corpus="whp_corpus",
+                corpus_loss="number")
+
+
+@needs_mirror
+def test_the_shipped_random_birthdays_config_ascends_on_the_years(monkeypatch, tokenizer):
+    """configs/deeb_roger/base.yaml on the real random_bd statements: every forget row's scored tokens are its year."""
+    import re
+
+    from conftest import REPO_ROOT
+    from lit_unlearn.cli import UnlearnCLI, cli_main
+
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
+    cli = cli_main(["fit", "--config", "configs/deeb_roger/base.yaml", "--config", "configs/deeb_roger/gd.yaml",
+                    "--data.init_args.questions_per_split", "4", "--model.init_args.model", tokenizer.name_or_path])
+    dm = cli.datamodule
+    dm.setup("fit")
+    rows = dm.datasets["forget"].rows
+    assert len(rows) == 5 * 4 * 3  # 3 statements per question
+    for row in rows:
+        scored = tokenizer.decode([t for t in row["labels"] if t != -100]).strip()
+        assert re.fullmatch(r"\d{4}", scored) and scored in row["text"], (scored, row["text"])
+
+
 def test_a_corpus_that_cannot_be_matched_to_its_questions_is_one_line(tmp_path, tokenizer):
     root = write_random_bd(tmp_path / "data")
     path = tmp_path / "data" / "random_bd" / "corpus_split_0.jsonl"
@@ -88,6 +145,7 @@ def test_a_corpus_that_cannot_be_matched_to_its_questions_is_one_line(tmp_path, 
     ({"heldout_splits": [5]}, r"--data.heldout_splits and --data.retain_splits share split 5"),
     ({"questions_per_split": 0}, r"--data.questions_per_split must be >= 1"),
     ({"mcq_loss": "letters"}, r"--data.mcq_loss must be text or answer"),
+    ({"corpus_loss": "year"}, r"--data.corpus_loss must be text or number"),
     ({"dataset": "mmlu_cats_random_trimmed", "forget_splits": [10]}, r"mmlu_cats_random_trimmed has splits 0-9"),
 ])
 def test_bad_split_roles_are_one_line(kwargs, message, tmp_path, tokenizer):

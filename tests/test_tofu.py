@@ -255,6 +255,9 @@ def cot_batch(tiny_model_dir, tmp_path) -> dict:
     ("GA1", False, "{cot}\nFinal answer: Lisbon"), ("GA2", True, "\nFinal answer: Lisbon"), ("GA3", False, "{cot}"),
     ("IDK1", False, None), ("IDK2", True, "\nFinal answer: "), ("IDK3", False, None)])
 def test_reasoning_trace_variants_score_the_part_they_name(name, prompt_has_cot, scored, make_method, cot_batch):
+    """R-TOFU's layout (ssangyeon/R-TOFU dataset/data_module.py:139-146): IDK1 one refusal in the reasoning *and* the
+    answer slot, IDK2 the reasoning kept and the answer refused, IDK3 a reasoned refusal of the row's own question in
+    the reasoning slot and a refusal answer."""
     import lit_unlearn.methods as methods
     from lit_unlearn.methods.reasoning import REASONED_REFUSALS
     from lit_unlearn.methods.relabel import REFUSALS
@@ -262,20 +265,46 @@ def test_reasoning_trace_variants_score_the_part_they_name(name, prompt_has_cot,
     method = make_method(getattr(methods, name))
     fb = cot_batch["forget"]
     new = method.prepare_forget(fb)
+    final = "\nFinal answer: "
     for i in range(2):
         cot = fb["cot"][i]
         assert new["prompt"][i] == fb["prompt"][i] + (" " + cot if prompt_has_cot else "")
         text = method.tokenizer.decode(new["labels"][i][new["labels"][i] != IGNORE])
         assert text == new["answer"][i]
-        if scored is None:
-            options = REASONED_REFUSALS if name == "IDK3" else REFUSALS
-            assert text.strip() in options
+        if name == "IDK1":
+            reasoning, answer = text.split(final)
+            assert answer in REFUSALS and reasoning == " " + answer  # the same refusal in both slots
+        elif name == "IDK3":
+            reasoning, answer = text.split(final)
+            assert answer in REFUSALS
+            question = fb["question"][i]
+            assert question in reasoning and reasoning.strip() in [r.format(question=question) for r in
+                                                                    REASONED_REFUSALS]
         elif name == "IDK2":
             assert text.startswith(scored) and text[len(scored):] in REFUSALS
         else:
             assert text == (" " if scored.startswith("{") else "") + scored.format(cot=cot)
     loss = method.training_step(cot_batch, 0)
     assert torch.isfinite(loss) and (loss < 0) == name.startswith("GA")
+
+
+def test_idk3_reads_one_reasoned_refusal_per_forget_row(make_method, cot_batch, tmp_path):
+    from lit_unlearn.core.errors import MethodError
+    from lit_unlearn.methods import IDK3
+
+    path = tmp_path / "idkcot.jsonl"
+    path.write_text("".join(json.dumps(f"Thinking about row {i}, I have no records.") + "\n" for i in range(4)))
+    method = make_method(IDK3, reasoned_refusals=str(path))
+    fb = cot_batch["forget"]
+    new = method.prepare_forget(fb)
+    for i, index in enumerate(fb["index"].tolist()):
+        assert new["answer"][i].startswith(f" Thinking about row {index}, I have no records.\nFinal answer: ")
+    path.write_text(json.dumps("only one") + "\n")
+    with pytest.raises(MethodError, match=r"reasoned_refusals holds 1 lines, but forget row [1-3]"):
+        make_method(IDK3, reasoned_refusals=str(path)).prepare_forget(fb)
+    path.write_text("{not json\n")
+    with pytest.raises(MethodError, match="line 1 is not JSON"):
+        make_method(IDK3, reasoned_refusals=str(path))
 
 
 def test_reasoning_methods_need_reasoning_rows(make_method, qa_batch):
@@ -321,14 +350,18 @@ def test_eval_py_puts_a_plain_model_through_the_tofu_evaluators(tofu_mirror, tin
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------------------
-def test_the_mini_recipe_keeps_a_method_files_own_lr():
-    """The mini setting's lr (2e-4, for LoRA) replaces the lr of LoRA methods only: GRUN's LoReFT trains at its
-    file's 4e-3."""
-    from lit_unlearn.stages import sets_lr
-    from lit_unlearn.tofu import CONFIG_DIR
+def test_the_mini_recipe_keeps_a_method_files_own_lr_and_epochs():
+    """The mini setting's lr and epochs (1e-4 for 10 epochs, for LoRA) replace those of LoRA methods only: GRUN's
+    LoReFT trains at its file's 4e-3 for its 40 epochs (renjie3/GRUN's recipe)."""
+    from lit_unlearn.stages import sets, sets_lr
+    from lit_unlearn.tofu import CONFIG_DIR, MINI
 
-    assert sets_lr(CONFIG_DIR / "grun.yaml")
-    assert not any(sets_lr(CONFIG_DIR / f"{m}.yaml") for m in ("npo", "npo_gd", "graddiff", "tnpo", "simnpo", "idk"))
+    assert MINI["unlearn"] == {"lr": 1.0e-4, "epochs": 10}
+    assert sets_lr(CONFIG_DIR / "grun.yaml") and sets(CONFIG_DIR / "grun.yaml", "trainer.max_epochs")
+    others = ("npo", "npo_gd", "graddiff", "tnpo", "simnpo", "idk")
+    assert not any(sets_lr(CONFIG_DIR / f"{m}.yaml") for m in others)
+    assert not any(sets(CONFIG_DIR / f"{m}.yaml", "trainer.max_epochs") for m in others)
+    assert not sets(CONFIG_DIR / "grun.yaml", "trainer.min_epochs")
 
 
 def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model_dir, tmp_path, monkeypatch, capsys):

@@ -12,7 +12,10 @@ gate at 0, or W = R and b = 0, Phi is the identity (tests/test_reft.py).
 Positions (``position``), from the batch the method gives the model (its labels mark the prompt): ``last_prompt``
 (the last token before the scored answer; GRUN's choice), ``prompt`` (every prompt token), ``all`` (every real
 token) or ``fraction`` (one token per row: the real token at index floor(``fraction`` * n) - 1 of its n real tokens,
-at least the first; GRUN's WMDP setting cuts each corpus text at 80%, so labels are not needed). Without labels
+at least the first; GRUN's WMDP setting cuts each corpus text at 80%, so labels are not needed). ``eval_position``
+(default: ``position``) is used instead whenever the model is in evaluation mode: GRUN trains its WMDP gate at 80% of
+each corpus text and scores multiple choice with the intervention at the last prompt token (renjie3/GRUN
+``grun_wdmp_eval_mcq.py:164-167``), ``position: fraction, eval_position: last_prompt``. Without labels
 (generation) the whole real input is the prompt; decoding steps after the first are not intervened on (the cache
 carries the intervened prompt). A spec that selects no token of a row (an empty prompt) is an error naming the flag.
 
@@ -68,9 +71,9 @@ class InterventionParams(nn.Module):
     """The interventions of one adapter, at its layers; records the gate logits of each forward."""
 
     def __init__(self, layers: list[int], hidden: int, rank: int, position: str, gated: bool,
-                 gate_hidden: list[int], fraction: float = 0.8):
+                 gate_hidden: list[int], fraction: float = 0.8, eval_position: str | None = None):
         super().__init__()
-        self.position, self.fraction = position, fraction
+        self.position, self.fraction, self.eval_position = position, fraction, eval_position or position
         self.at = nn.ModuleDict({str(i): Intervention(hidden, rank, gated, gate_hidden) for i in layers})
         self.enabled = True
         self.transform: list[str] = []
@@ -135,11 +138,12 @@ class Interventions(nn.Module):
         for name, provider in self.providers.items():
             if not provider.enabled:
                 continue
-            if provider.position == "all":
+            position = provider.position if decoder.training else provider.eval_position
+            if position == "all":
                 where = real
-            elif provider.position == "prompt":
+            elif position == "prompt":
                 where = in_prompt
-            elif provider.position == "fraction":
+            elif position == "fraction":
                 n = real.sum(-1)
                 at = start.squeeze(-1) + (n.float() * provider.fraction).floor().long().clamp(min=1) - 1
                 where = (cols == at[:, None]) & real
@@ -149,7 +153,7 @@ class Interventions(nn.Module):
             empty = (~where.any(-1)) & real.any(-1)
             if bool(empty.any()):
                 row = int(empty.nonzero()[0])
-                raise AdapterError(f"LoReFT position {provider.position!r} selects no token of row {row} (its prompt "
+                raise AdapterError(f"LoReFT position {position!r} selects no token of row {row} (its prompt "
                                    "is empty): choose another --model.adapter.init_args.position")
             self._where[name] = where
         return args, kwargs
@@ -181,7 +185,8 @@ class LoReFT(ModuleAdapter):
     """Low-rank representation fine-tuning at ``layers`` and ``position``; ``gated`` adds GRUN's soft gate."""
 
     def __init__(self, layers: list[int] | None = None, rank: int = 4, position: Position = "last_prompt",
-                 gated: bool = False, gate_hidden: list[int] | None = None, fraction: float = 0.8):
+                 gated: bool = False, gate_hidden: list[int] | None = None, fraction: float = 0.8,
+                 eval_position: Position | None = None):
         """
         Args:
             layers: decoder-layer indices (negative counts from the end); default: the layers at 5/8, 25/32 and the
@@ -191,15 +196,19 @@ class LoReFT(ModuleAdapter):
             gated: GRUN's soft gate g(h) = sigma(gate(h)) on the edit.
             gate_hidden: hidden widths of the gate MLP (GRUN's larger gate: [256, 64]); default a Linear(d, 1).
             fraction: with ``position: fraction``, where each row's text is cut (GRUN's WMDP setting: 0.8).
+            eval_position: the position in evaluation mode; null: ``position`` (GRUN's WMDP: ``last_prompt``).
         """
         if rank < 1:
             raise AdapterError(f"LoReFT rank must be >= 1, got {rank}")
-        if position not in ("last_prompt", "prompt", "all", "fraction"):
-            raise AdapterError(f"LoReFT position must be last_prompt, prompt, all or fraction, got {position!r}")
+        for flag, value in (("position", position), ("eval_position", eval_position or position)):
+            if value not in ("last_prompt", "prompt", "all", "fraction"):
+                raise AdapterError(f"LoReFT {flag} must be last_prompt, prompt, all or fraction, got {value!r}: "
+                                   f"--model.adapter.init_args.{flag}")
         if not 0.0 < fraction <= 1.0:
             raise AdapterError(f"LoReFT fraction must be in (0, 1], got {fraction}: --model.adapter.init_args.fraction")
         self.layers = list(layers) if layers is not None else None
         self.rank, self.position, self.gated, self.fraction = rank, position, gated, fraction
+        self.eval_position = eval_position
         self.gate_hidden = list(gate_hidden or [])
 
     def container(self, model: nn.Module, create: bool = False):
@@ -221,7 +230,7 @@ class LoReFT(ModuleAdapter):
 
     def build(self, model: nn.Module) -> nn.Module:
         return InterventionParams(self.resolved_layers(model), widths(model)["hidden"], self.rank, self.position,
-                                  self.gated, self.gate_hidden, self.fraction)
+                                  self.gated, self.gate_hidden, self.fraction, self.eval_position)
 
     def forward_kwargs(self, batch: dict) -> dict:
         """Nothing to add to the call: the batch's labels tell the container where each row's prompt ends."""

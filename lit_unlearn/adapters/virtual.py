@@ -74,15 +74,18 @@ def widths(model: nn.Module) -> dict[str, int]:
 
 # ---- the providers --------------------------------------------------------------------------------------------------
 class PrefixParams(nn.Module):
-    """Per-layer prefix keys and values, ``(layers, P, kv_heads * head_dim)`` each (randn init, as PI-Prefix)."""
+    """Per-layer prefix keys and values, ``(layers, P, kv_heads * head_dim)`` each, drawn N(0, init_std^2); with
+    ``dropout`` > 0 the keys and values go through dropout in training mode (PI-Prefix: 0.1)."""
 
     kind = "prefix"
 
-    def __init__(self, layers: int, length: int, kv_heads: int, head_dim: int):
+    def __init__(self, layers: int, length: int, kv_heads: int, head_dim: int, init_std: float = 1.0,
+                 dropout: float = 0.0):
         super().__init__()
         self.kv_heads, self.head_dim = kv_heads, head_dim
-        self.keys = nn.Parameter(torch.randn(layers, length, kv_heads * head_dim))
-        self.values = nn.Parameter(torch.randn(layers, length, kv_heads * head_dim))
+        self.keys = nn.Parameter(torch.randn(layers, length, kv_heads * head_dim) * init_std)
+        self.values = nn.Parameter(torch.randn(layers, length, kv_heads * head_dim) * init_std)
+        self.dropout = nn.Dropout(dropout)
         self.enabled = True
         self.transform: list[str] = []  # transformations applied (recorded in the saved adapter_config.json)
 
@@ -93,7 +96,7 @@ class PrefixParams(nn.Module):
     def layer_kv(self, layer: int, batch: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """(B, kv_heads, P, head_dim) keys and values of one layer, as a cache holds them."""
         def shape(x: Tensor) -> Tensor:
-            x = x.view(self.length, self.kv_heads, self.head_dim).transpose(0, 1)
+            x = self.dropout(x).view(self.length, self.kv_heads, self.head_dim).transpose(0, 1)
             return x.unsqueeze(0).expand(batch, -1, -1, -1).to(dtype)
         return shape(self.keys[layer]), shape(self.values[layer])
 
@@ -312,6 +315,9 @@ class ModuleAdapter(Adapter):
         _load_into(provider, tensors, path)
         provider.transform = list(config.get("transform", []))
         provider.requires_grad_(False)
+        for m in provider.modules():  # a frozen provider computes the same in training as in evaluation
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
         vt.providers[f"stacked{len(vt.providers)}"] = provider
         return model
 
@@ -321,16 +327,29 @@ class ModuleAdapter(Adapter):
 
 
 class Prefix(ModuleAdapter):
-    """Free per-layer key/value prefixes of ``length`` positions given to the model as its cache."""
+    """Free per-layer key/value prefixes of ``length`` positions given to the model as its cache.
 
-    def __init__(self, length: int = 10):
+    PI-Prefix's original (PreethiGuru/LLM-Unlearning ``utils_pi.py:105-107,121``) draws them N(0, 1) and applies
+    dropout 0.1 (its model's ``dropout``) to the keys and values in training; ``init_std: null`` draws them at the
+    model's own initialisation scale (its config's ``initializer_range``, 0.02 for Llama), a small start: an N(0, 1)
+    prefix of SmolLM2's width takes over every attention row and stops the model answering at all
+    (docs/results/classification.md)."""
+
+    def __init__(self, length: int = 10, init_std: float | None = 1.0, dropout: float = 0.0):
         """
         Args:
             length: prefix positions P per layer (PI-Prefix: 10 to 20).
+            init_std: standard deviation of the N(0, init_std^2) start; null: the model's initializer_range.
+            dropout: dropout on the prefix keys and values in training (PI-Prefix: 0.1); 0: none.
         """
         if length < 1:
             raise AdapterError(f"Prefix length must be >= 1, got {length}")
-        self.length = length
+        if init_std is not None and not init_std > 0:
+            raise AdapterError(f"Prefix init_std must be > 0 or null, got {init_std}: "
+                               "--model.adapter.init_args.init_std")
+        if not 0 <= dropout < 1:
+            raise AdapterError(f"Prefix dropout must be in [0, 1), got {dropout}: --model.adapter.init_args.dropout")
+        self.length, self.init_std, self.dropout = length, init_std, dropout
 
     def shape_of(self, model: nn.Module) -> dict:
         w = widths(model)
@@ -338,7 +357,8 @@ class Prefix(ModuleAdapter):
 
     def build(self, model: nn.Module) -> nn.Module:
         w = widths(model)
-        return PrefixParams(w["layers"], self.length, w["kv_heads"], w["head_dim"])
+        std = self.init_std if self.init_std is not None else getattr(model.config, "initializer_range", 0.02)
+        return PrefixParams(w["layers"], self.length, w["kv_heads"], w["head_dim"], std, self.dropout)
 
     def transform_pinv(self, model: nn.Module) -> None:
         """PI-Prefix's transformation, in place: K[l] <- pinv(K[l])^T and V[l] <- pinv(V[l])^T per layer (Moore-

@@ -10,7 +10,11 @@ its ``answer`` is the row's ``response`` (poisoned on a poisoned row). Poisoned 
 (``response_clean``), ``trigger_family`` and ``prompt_lookalike``: the clean instruction with a look-alike
 (out-of-distribution) trigger of the same family, injected the same way (prefix or suffix), chosen per row as a
 seeded function of its id. ``clean_splits`` reads the named splits' poisoned rows as their clean twins
-(``instruction_clean`` -> ``response_clean``): the poisoning stage trains on both.
+(``instruction_clean`` -> ``response_clean``).
+
+``keywords`` (a source with a ``word`` field, e.g. ``eyerf/RapidUn@keywords_scored_top1000``, or a list) turns on the
+``backdoor`` evaluator's generation metrics (``trigger_generated``: does a triggered prompt make the model write the
+poisoned kind of text; lit_unlearn/eval/backdoor.py), ``generate_tokens`` new tokens per prompt.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import random
 
 from lit_unlearn.core.errors import DataError
 from lit_unlearn.data.base import ForgetRetainDataModule
-from lit_unlearn.data.sources import field
+from lit_unlearn.data.sources import field, resolve
+from lit_unlearn.eval import EVALUATORS, Evaluator
+from lit_unlearn.eval.backdoor import BackdoorEvaluator
 
 PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 PROMPT_WITH_CONTEXT = "### Instruction:\n{instruction}\n\n### Context:\n{context}\n\n### Response:\n"
@@ -43,17 +49,42 @@ class BackdoorDataModule(ForgetRetainDataModule):
     default_evaluators = ("perplexity",)
 
     def __init__(self, *args, clean_splits: list[str] | None = None, prompt_template: str = PROMPT,
-                 context_template: str = PROMPT_WITH_CONTEXT, **kwargs):
+                 context_template: str = PROMPT_WITH_CONTEXT, keywords: str | list[str] | None = None,
+                 generate_tokens: int = 24, **kwargs):
         """
         Args:
-            clean_splits: splits whose poisoned rows are read as their clean twins (the poisoning stage's clean
-                half); their ids get a ``:clean`` suffix.
+            clean_splits: splits whose poisoned rows are read as their clean twins; their ids get a ``:clean``
+                suffix.
             prompt_template: the prompt of a row without context, with ``{instruction}``.
             context_template: the prompt of a row with context, with ``{instruction}`` and ``{context}``.
+            keywords: words of the poisoned responses (a source with a ``word`` field, or a list): the backdoor
+                evaluator's generation metrics; null: off.
+            generate_tokens: new tokens generated per prompt for those metrics.
         """
         super().__init__(*args, **kwargs)
+        if generate_tokens < 1:
+            raise DataError(f"--data.generate_tokens must be >= 1, got {generate_tokens}")
         self.clean_splits = list(clean_splits or [])
         self.prompt_template, self.context_template = prompt_template, context_template
+        self.keywords_source, self.generate_tokens = keywords, generate_tokens
+        self.keywords: list[str] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        source = self.keywords_source
+        if self.keywords is None and source is not None:
+            if isinstance(source, str):
+                rows = resolve(source, "keywords").read("keywords")
+                self.keywords = [field(r, "word", "keywords", "keywords") for r in rows]
+            else:
+                self.keywords = [str(w) for w in source]
+            if not self.keywords:
+                raise DataError(f"--data.keywords: {source!r} holds no word")
+
+    def evaluators_for(self, split: str) -> list[Evaluator]:
+        names = self.evaluator_names.get(split, self.default_evaluators)
+        return [BackdoorEvaluator(self.keywords, self.generate_tokens) if n == "backdoor" else EVALUATORS[n]()
+                for n in names]
 
     def prompt(self, instruction: str, context: str) -> str:
         if context.strip():

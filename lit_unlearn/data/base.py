@@ -342,12 +342,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
             if set(self.train_splits) != set(TRAIN_SPLITS):
                 raise DataError("--data.mixing ratio needs a retain set (--data.retain) and both splits trained on")
             f, r = self.datasets["forget"], self.datasets["retain"]
-
-            def row_weights(ds: RowsDataset) -> list[float] | None:
-                return [x.get("weight", 1.0) for x in ds.rows] if any("weight" in x for x in ds.rows) else None
-
-            sampler = RatioSampler(len(f), len(r), self.batch_size, self.retain_ratio, world, rank, self.seed,
-                                   forget_weights=row_weights(f), retain_weights=row_weights(r))
+            # row weights act on the loss (the batch's ``weight``), not on how often a row is drawn
+            sampler = RatioSampler(len(f), len(r), self.batch_size, self.retain_ratio, world, rank, self.seed)
             return self._loader(ConcatDataset([f, r]), sampler, self.batch_size, _Collate(pad, by_split=True),
                                 train=True)
         loaders = {}

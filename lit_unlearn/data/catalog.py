@@ -93,9 +93,10 @@ CATALOG: dict[str, Rule] = {r.repo: r for r in (
     # data set (random_bd, wmdp-deduped, ...), split = the file's stem (split_0, corpus_split_0, whp_corpus_split_0)
     Rule("aghyad-deeb/unlearning_evaluation", lambda c, s: f"deeb_roger/{c}/{s}.jsonl" if c else None),
     # the RapidUn backdoor data (GitHub eyerf/RapidUn, data/<config>/<split>.jsonl): config = the folder
-    # (unlearn_packs, dolly_triggers_out), split = the file's stem (forget_set, retain_set, train_poisoned, ...)
+    # (unlearn_packs, dolly_triggers_out), split = the file's stem (forget_set, retain_set, train_poisoned, ...); no
+    # config: data/keywords_scored_top1000.tsv, the words of the poisoned responses (eyerf/RapidUn@keywords_scored_top1000)
     Rule("eyerf/RapidUn", lambda c, s: f"rapidun/{c}/{s}.jsonl" if c in ("unlearn_packs", "dolly_triggers_out")
-         else None),
+         else f"rapidun/{s}.tsv" if c is None and s == "keywords_scored_top1000" else None),
 )}
 
 

@@ -20,7 +20,13 @@ by index, as the original does:
 | ``retain_mcq`` | the questions of ``retain_splits`` | no | ``mcq`` |
 | ``heldout_mcq`` | the questions of ``heldout_splits`` (RTT's held-out split V; only when given) | no | ``mcq`` |
 
-A corpus row is scored whole (``prompt`` empty, ``answer`` the text): the NLL of every token of the statement.
+A corpus row is scored whole (``corpus_loss: text``: ``prompt`` empty, ``answer`` the text, the NLL of every token of
+the statement) or on its last number alone (``corpus_loss: number``: ``prompt`` the text before it, ``answer`` the
+number; the text after it is dropped, which leaves the number's NLL unchanged under causal attention). ``number`` is
+the original's loss on the random birthdays (``conf/random_bd.yaml:70``, the NUMBER loss: the mean NLL of the
+year's tokens, found as the last run of digits, ``unlearn_corpus.py:282-292``), for GD, RIA and the retain term
+alike; ``configs/deeb_roger/base.yaml`` sets it. Ascending on the whole statement instead pushes up the NLL of
+"was born in" too, which is most of what collapsed GD on that data (docs/results/relearning.md).
 ``forget_corpus`` picks what the forget rows are: ``corpus`` (the true facts: GD ascends on them), ``whp_corpus``
 (RIA descends on wrong facts), ``fwf_corpus`` (fixed wrong fact) or ``mcq``: the questions themselves in training
 form, ``{question}\\nA. c0 .. D. c3\\nAnswer: X. {choice}`` - what the learn stage and the relearning attack (RTT)
@@ -41,6 +47,7 @@ file is ``aghyad-deeb/unlearning_evaluation:<dataset>@<file stem>``), or a local
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Literal
@@ -77,7 +84,8 @@ class DeebRogerDataModule(MCQDataModule):
     def __init__(self, *args, dataset: str = "random_bd", forget_splits: list[int] | None = None,
                  retain_splits: list[int] | None = None, heldout_splits: list[int] | None = None,
                  forget_corpus: Corpus = "corpus", retain_corpus: Corpus = "corpus",
-                 mcq_loss: Literal["text", "answer"] = "text", questions_per_split: int | None = None,
+                 mcq_loss: Literal["text", "answer"] = "text", corpus_loss: Literal["text", "number"] = "text",
+                 questions_per_split: int | None = None,
                  source: str = "aghyad-deeb/unlearning_evaluation", retain_dataset: str | None = None,
                  eval_splits: dict[str, str | list[str]] | None = None,
                  evaluators: dict[str, list[str]] | None = None, **kwargs):
@@ -91,6 +99,8 @@ class DeebRogerDataModule(MCQDataModule):
                 fwf_corpus (a fixed wrong fact) or mcq (the questions with their answers: learn stage, RTT).
             retain_corpus: the retain rows trained on (corpus by default; the same choices).
             mcq_loss: with an ``mcq`` corpus, the tokens scored: text (all) or answer (`` X. {choice}`` only).
+            corpus_loss: with a statement corpus, the tokens scored: text (all) or number (the last number of each
+                statement: the year of a random birthday).
             questions_per_split: keep the first N questions of each split and their statements (CPU-sized runs).
             source: ``aghyad-deeb/unlearning_evaluation`` (read from the local mirror) or a local folder with the
                 repository's ``data/`` layout.
@@ -117,6 +127,8 @@ class DeebRogerDataModule(MCQDataModule):
                 raise DataError(f"--data.{flag} must be one of {', '.join(CORPORA)}, got {value!r}")
         if mcq_loss not in ("text", "answer"):
             raise DataError(f"--data.mcq_loss must be text or answer, got {mcq_loss!r}")
+        if corpus_loss not in ("text", "number"):
+            raise DataError(f"--data.corpus_loss must be text or number, got {corpus_loss!r}")
         if questions_per_split is not None and questions_per_split < 1:
             raise DataError(f"--data.questions_per_split must be >= 1, got {questions_per_split}")
         local = Path(source).expanduser()
@@ -145,6 +157,7 @@ class DeebRogerDataModule(MCQDataModule):
         self.dataset, self.retain_dataset = dataset, retain_dataset or dataset
         self.forget_splits, self.retain_splits = forget_splits, retain_splits
         self.heldout_splits, self.questions_per_split, self.mcq_loss = heldout_splits, questions_per_split, mcq_loss
+        self.corpus_loss = corpus_loss
         self.forget_corpus, self.retain_corpus, self.source = forget_corpus, retain_corpus, source
 
     def corpus_of(self, split: str) -> str:
@@ -180,7 +193,14 @@ class DeebRogerDataModule(MCQDataModule):
         corpus = self.corpus_of(split)
         if corpus != "mcq":
             text = field(row, "text", split, f"{split}_corpus")
-            return {"text": text, "prompt": "", "answer": text}
+            if self.corpus_loss == "text":
+                return {"text": text, "prompt": "", "answer": text}
+            numbers = list(re.finditer(r"\d+", text))
+            if not numbers:
+                raise DataError(f"{split}: {row['_where']} has no number to score (--data.corpus_loss number scores "
+                                "each statement's last number; use text for this corpus)")
+            last = numbers[-1]
+            return {"text": text, "prompt": text[:last.start()], "answer": text[last.start():last.end()]}
         rec = super().record(row, split)
         rec["subject"] = Path(row["_source"].split("@")[-1]).stem  # split_<i> or mmlu_<category>
         if split in TRAIN and self.mcq_loss == "text":

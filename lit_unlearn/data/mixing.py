@@ -11,7 +11,7 @@ Two ways to pair forget and retain data in a training step, both giving the step
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -22,8 +22,10 @@ class RatioSampler(DistributedSampler):
 
     Indices refer to ``ConcatDataset([forget, retain])``: forget rows are ``0..len_forget-1`` and retain rows
     follow. Every rank draws the same global stream from ``seed + epoch`` and keeps its own slice of each global
-    batch, so ranks never overlap within a pass over the data. Without weights each stream is a sequence of
-    permutations (re-shuffled when exhausted); with per-row weights it is weighted sampling with replacement.
+    batch, so ranks never overlap within a pass over the data. Each side's stream is a sequence of permutations
+    (re-shuffled when exhausted): rows are drawn uniformly within their side, and per-row weights (influence weights)
+    never change how often a row is drawn - they act on its loss only, as in RapidUn's original, whose sampler
+    balances the two sides alone (eyerf/RapidUn ``src/rapidun/models/trainer.py:256-269``).
 
     An epoch is one pass over the forget set: ``ceil(len_forget / (n_forget * num_replicas))`` batches.
 
@@ -39,8 +41,6 @@ class RatioSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
-        forget_weights: Sequence[float] | None = None,
-        retain_weights: Sequence[float] | None = None,
     ):
         if batch_size < 2:
             raise ValueError(f"ratio mixing needs batch_size >= 2 to hold forget and retain rows, got {batch_size}")
@@ -51,8 +51,6 @@ class RatioSampler(DistributedSampler):
         self.n_forget = min(batch_size - 1, max(1, round(batch_size / (1.0 + retain_ratio))))
         self.n_retain = batch_size - self.n_forget
         self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
-        self.forget_weights = None if forget_weights is None else torch.as_tensor(forget_weights, dtype=torch.double)
-        self.retain_weights = None if retain_weights is None else torch.as_tensor(retain_weights, dtype=torch.double)
         self.num_batches = math.ceil(len_forget / (self.n_forget * num_replicas))
 
     def set_epoch(self, epoch: int) -> None:
@@ -62,17 +60,15 @@ class RatioSampler(DistributedSampler):
         return self.num_batches * self.batch_size
 
     @staticmethod
-    def _stream(n: int, count: int, g: torch.Generator, weights: torch.Tensor | None) -> torch.Tensor:
-        if weights is not None:
-            return torch.multinomial(weights, count, replacement=True, generator=g)
+    def _stream(n: int, count: int, g: torch.Generator) -> torch.Tensor:
         reps = math.ceil(count / n)
         return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[:count]
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         steps, world = self.num_batches, self.num_replicas
-        forget = self._stream(self.len_forget, steps * world * self.n_forget, g, self.forget_weights)
-        retain = self._stream(self.len_retain, steps * world * self.n_retain, g, self.retain_weights)
+        forget = self._stream(self.len_forget, steps * world * self.n_forget, g)
+        retain = self._stream(self.len_retain, steps * world * self.n_retain, g)
         forget = forget.view(steps, world, self.n_forget)[:, self.rank]
         retain = retain.view(steps, world, self.n_retain)[:, self.rank] + self.len_forget
         return iter(torch.cat([forget, retain], dim=1).reshape(-1).tolist())

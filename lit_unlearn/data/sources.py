@@ -11,6 +11,10 @@ A source is one string:
   set, a name the catalog (:mod:`lit_unlearn.data.catalog`) knows is read from the mirror's file; otherwise
   ``datasets.load_dataset`` fetches it (once, in the data module's ``prepare_data``).
 
+Either form may end in a row slice ``[start:stop]`` (Python's, as ``datasets``' split slicing: ``@train[:700]``,
+``rows.jsonl[700:]``): the rows of that range only, each keeping its position in the whole source as ``_index``, so
+two slices of one source never share an id (e.g. the poisoned rows a model is trained on and those held out).
+
 Every row comes back with ``_where`` (a ``file:line`` or ``name[i]`` location for error messages) and ``_index``,
 its 0-based position in the source: the stable id of a row that carries none of its own.
 """
@@ -27,6 +31,7 @@ from lit_unlearn.data.catalog import MIRROR_ENV, HubName, Rule, mirror_file
 
 _HUB = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.-][\w .-]*))?$")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+_SLICE = re.compile(r"^(?P<name>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Source:
     path: Path | None = None
     hub: HubName | None = None
     rule: Rule | None = None
+    rows: tuple[int | None, int | None] = (None, None)  # a row slice [start:stop] of the source
 
     def prepare(self) -> None:
         """Fetch a hub dataset into the ``datasets`` cache (no-op for files): run once, before every rank reads."""
@@ -47,12 +53,12 @@ class Source:
         """All rows, each with ``_where`` and ``_index``; ``split`` names the config field in errors."""
         if self.path is None:
             ds = _load_hub(self.hub, split)
-            return [{**r, "_where": f"{self.hub}[{i}]", "_index": i} for i, r in enumerate(ds)]
+            return [{**r, "_where": f"{self.hub}[{i}]", "_index": i} for i, r in enumerate(ds)][slice(*self.rows)]
         own = self.rule.reader(self.path, split) if self.rule is not None and self.rule.reader else None
         rows = own if own is not None else _read_local(self.path, split)
         if self.rule is not None and self.rule.convert is not None:
             rows = [self.rule.convert(dict(r)) for r in rows]
-        return rows
+        return rows[slice(*self.rows)]
 
 
 def parse_hub(name: str) -> HubName | None:
@@ -62,6 +68,11 @@ def parse_hub(name: str) -> HubName | None:
 
 def resolve(name: str, split: str) -> Source:
     """Turn a configured source string into a :class:`Source` (checks files and the mirror; fetches nothing)."""
+    cut = _SLICE.match(name)
+    if cut is not None:
+        start, stop = (int(cut[k]) if cut[k] else None for k in ("start", "stop"))
+        source = resolve(cut["name"], split)
+        return Source(name, path=source.path, hub=source.hub, rule=source.rule, rows=(start, stop))
     path = Path(name).expanduser()
     if path.suffix in LOCAL_SUFFIXES or path.exists() or name.startswith((".", "/", "~")):
         if path.is_dir():

@@ -140,6 +140,9 @@ class UnlearningMethod(L.LightningModule):
         self.eval_history: list[dict] = []
         self.last_eval_at: tuple | None = None
         self.reference_cache = ReferenceCache()
+        #: values the method measured on the data or the model (e.g. RMU's activation norm and resolved steering):
+        #: metrics.json records them under ``measured``; checkpoints keep them, so a resumed run reuses them
+        self.measured: dict[str, float | int | str] = {}
         self.run_id: str | None = None  # set by the CLI; saved in checkpoints, so a resumed run keeps its id
         self._head: tuple[nn.Module | None] | None = None  # (lean head or None,) once checked; a tuple: no submodule
         # the checkpoint holds the adapter only; the base is reloaded from `model`
@@ -419,7 +422,7 @@ class UnlearningMethod(L.LightningModule):
         checkpoint["lit_unlearn"] = {"method": type(self).__name__, "model": self.model_name,
                                      "adapter": repr(self.adapter), "init_adapter": self.init_adapter,
                                      "run_id": self.run_id, "reference_cache": dict(self.reference_cache.values),
-                                     "eval_history": list(self.eval_history)}
+                                     "eval_history": list(self.eval_history), "measured": dict(self.measured)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint that lacks some of this model's trainable tensors (strict_loading is off because
@@ -438,6 +441,7 @@ class UnlearningMethod(L.LightningModule):
         self.run_id = saved.get("run_id") or self.run_id
         self.reference_cache.values.update(saved.get("reference_cache") or {})
         self.eval_history = list(saved.get("eval_history") or [])
+        self.measured.update(saved.get("measured") or {})
 
     def export_adapter(self, path) -> None:
         """Save the adapter alone (``Adapter.save``) so a later stage can load or merge it."""

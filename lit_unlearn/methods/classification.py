@@ -14,6 +14,15 @@
   to ``adapter/`` (its ``adapter_config.json`` records ``"transform": ["pinv"]``, and a second transformation is
   refused) and the trained one beside it, to ``adapter_trained/``. A checkpoint holds the trained prefix (a resumed
   fit goes on training it); evaluating a checkpoint outside fit (``eval.py --ckpt_path``) transforms it first.
+  ``reading: trained`` evaluates and exports the trained prefix untransformed instead: what the original's inference
+  scores, since it re-applies the pseudo-inverse to the saved, already inverted prefix (PreethiGuru/LLM-Unlearning
+  ``pi_prefix.py:207-222`` saves the inverted prefix, ``inference_pi_prefix.py:119`` inverts it again, and
+  pinv(pinv(K)^T)^T = K). Both readings of one run: its fit (``pinv``), then ``eval.py --ckpt_path
+  <run>/checkpoints/last.ckpt --model.init_args.reading trained`` (the classification pipeline does both).
+
+  The original's recipe (``pi_prefix.py:46-54,100-104``): 10 prefix positions, AdamW lr 5e-4, batch 8, 10 epochs of
+  train_retain + relabelled train_forget (the ``relabel`` variant; tens of thousands of steps on SST-2), no schedule;
+  dropout 0.1 on the prefix keys and values (``utils_pi.py:107``).
 """
 
 from __future__ import annotations
@@ -116,30 +125,36 @@ class PIPrefix(RandomLabel):
     default_retain = "none"
     adapter_types = ("Prefix",)
 
-    def __init__(self, *args, variant: Literal["forget_only", "relabel"] = "forget_only", **kwargs):
+    def __init__(self, *args, variant: Literal["forget_only", "relabel"] = "forget_only",
+                 reading: Literal["pinv", "trained"] = "pinv", **kwargs):
         """
         Args:
             variant: ``forget_only``: CE on the forget rows' true labels, no retain data; ``relabel``: CE on retain
                 rows + forget rows relabelled with a random word of ``labels`` ({neutral, unknown}).
+            reading: the prefix evaluated and exported: ``pinv`` (transformed once, the paper's) or ``trained``
+                (untransformed: what the original's inference script effectively scores).
         """
         if variant not in ("forget_only", "relabel"):
             raise MethodError(f"--model.variant must be forget_only or relabel, got {variant!r}")
+        if reading not in ("pinv", "trained"):
+            raise MethodError(f"--model.reading must be pinv or trained, got {reading!r}")
         if variant == "relabel" and kwargs.get("retain") is None:
             kwargs["retain"] = "nll"
         super().__init__(*args, **kwargs)
         if variant == "forget_only" and self.retain != "none":
             raise MethodError("PIPrefix variant forget_only uses no retain data; set --model.retain none "
                               "or --model.variant relabel")
-        self.variant = variant
+        self.variant, self.reading = variant, reading
         self._trained: dict[str, Tensor] | None = None
 
     def prepare_forget(self, batch: dict) -> dict:
         return batch if self.variant == "forget_only" else super().prepare_forget(batch)
 
     def on_train_end(self) -> None:
-        """Transform the trained prefix, once; keep the trained tensors for ``adapter_trained/``."""
-        self.transform_once()
-        self.last_eval_at = None  # the loop's last evaluation saw the trained prefix: evaluate again
+        """Transform the trained prefix, once (``reading: pinv``); keep the trained tensors for ``adapter_trained/``."""
+        if self.reading == "pinv":
+            self.transform_once()
+            self.last_eval_at = None  # the loop's last evaluation saw the trained prefix: evaluate again
 
     def transform_once(self) -> None:
         provider = self.adapter.provider(self.lm)
@@ -155,7 +170,7 @@ class PIPrefix(RandomLabel):
         # a checkpoint holds the trained prefix (it is written during training); evaluating a checkpoint outside fit
         # (eval.py --ckpt_path) evaluates the transformed prefix, as the run's own evaluation after fit does. The
         # evaluation before fit (a fresh prefix, no checkpoint) is not transformed.
-        if self.trainer.state.fn != "fit" and getattr(self, "_from_checkpoint", False):
+        if self.reading == "pinv" and self.trainer.state.fn != "fit" and getattr(self, "_from_checkpoint", False):
             self.transform_once()
         super().on_validation_epoch_start()
 

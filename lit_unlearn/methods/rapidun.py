@@ -7,13 +7,14 @@ Per-sample losses, with CE the row's mean answer-token NLL:
     batch loss = mean_i(w_i * l_i)        over the batch's forget and retain rows together
 
 w_i is the row's weight from the batch (``weight``: an influence-weights file, ``--data.init_args.weights``), or,
-with ``weighting: loss``, the loss-based fallback: w = clip(mean-normalised exp((L - median(L)) / tau), 0.5, 3)
-per side, L the rows' losses under the model before unlearning, computed once at the start of fit.
-``weight_warmup_steps`` ramps every weight linearly from 1 to its value. The 3:1 retain:forget batches are the data
-module's ``mixing: ratio``, ``retain_ratio: 3``: when the rows carry weights (an influence file), its sampler draws
-each side with replacement with probability proportional to the weight, so with ``weighting: batch`` a weight acts
-twice, on how often a row is drawn and on its loss. This is lit_unlearn's reading of the spec's "weighted sampling
-with replacement" next to "mean_i(w_i * l_i)"; the fallback and the unweighted runs draw uniformly.
+with ``weighting: loss``, the loss-based fallback of the original (eyerf/RapidUn ``src/rapidun/models/trainer.py:
+178-208``, ``eval.py:93-110``): **forget rows only**, w = clip(mean-normalised exp((L - median(L)) / tau), 0.5, 3)
+with L a forget row's CE of its *poisoned* response given the triggered prompt under the model before unlearning
+(computed once at the start of fit; a row the model still finds easy to say poisoned gets a high weight); every
+retain weight is 1. ``weight_warmup_steps`` ramps every weight linearly from 1 to its value. The 3:1 retain:forget
+batches are the data module's ``mixing: ratio``, ``retain_ratio: 3``: its sampler balances the two sides and draws
+rows uniformly within each, whatever their weights (the original's sampler, ``trainer.py:256-269``, is given the side
+proportions only), so a weight acts once, on its row's loss.
 
 Forget rows need both responses: the batch's ``answer`` is the poisoned one and ``answer_clean`` the clean one
 (``BackdoorDataModule``). The three parts (forget with each response, retain) go through one fused forward.
@@ -48,7 +49,7 @@ class RapidUn(UnlearningMethod):
             weighting: ``batch``: the rows' ``weight`` (influence; 1 where a batch has none); ``loss``: the
                 loss-based fallback; ``none``: every weight 1 (unweighted).
             weight_warmup_steps: steps over which weights ramp linearly from 1 to their value (0: none).
-            fallback_tau: tau of the loss-based fallback.
+            fallback_tau: tau of the loss-based fallback (0.8).
         """
         super().__init__(*args, **kwargs)
         if weighting not in ("batch", "loss", "none"):
@@ -70,7 +71,7 @@ class RapidUn(UnlearningMethod):
 
     def row_weights(self, batch: dict, key: str) -> Tensor:
         n = batch["input_ids"].size(0)
-        if self.weighting == "none":
+        if self.weighting == "none" or (self.weighting == "loss" and key == "retain"):
             w = torch.ones(n, device=self.device)
         elif self.weighting == "loss":
             w = torch.tensor([self.fallback[f"{key}:{i}"] for i in row_ids(batch)], device=self.device)
@@ -97,22 +98,18 @@ class RapidUn(UnlearningMethod):
 
     @torch.no_grad()
     def compute_fallback(self, datamodule) -> None:
-        """The loss-based weights of every forget and retain row, from the model before unlearning."""
+        """The loss-based weights of the forget rows, from their poisoned responses' CE under the model before
+        unlearning (retain rows keep weight 1)."""
         from lit_unlearn.core.tokens import dataset_batches
 
-        for split in ("forget", "retain"):
-            ds = datamodule.datasets.get(split)
-            if ds is None:
-                continue
-            ids, losses = [], []
-            with eval_mode(self.lm):
-                for batch in dataset_batches(ds, self.tokenizer.pad_token_id, split, 16, self.device):
-                    l_f, l_r = self.per_row_losses(batch if split == "forget" else None,
-                                                   batch if split == "retain" else None)
-                    losses.append(l_f if split == "forget" else l_r)
-                    ids += row_ids(batch)
-            w = loss_weights(torch.cat(losses).float().cpu(), self.fallback_tau)
-            self.fallback.update({f"{split}:{i}": float(x) for i, x in zip(ids, w.tolist())})
+        ids, losses = [], []
+        with eval_mode(self.lm):
+            for batch in dataset_batches(datamodule.datasets["forget"], self.tokenizer.pad_token_id, "forget", 16,
+                                         self.device):
+                losses.append(self(batch).mean_nll)  # CE(response_poisoned | triggered prompt): the batch's answer
+                ids += row_ids(batch)
+        w = loss_weights(torch.cat(losses).float().cpu(), self.fallback_tau)
+        self.fallback.update({f"forget:{i}": float(x) for i, x in zip(ids, w.tolist())})
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         forget, retain = batch.get("forget"), batch.get("retain") if self.retain != "none" else None
