@@ -30,8 +30,9 @@ from pathlib import Path
 
 from lit_unlearn import stages
 from lit_unlearn.cli import package_versions, write_json_atomic
+from lit_unlearn.config_files import config_root
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = config_root()
 METHODS = ("grad_ascent", "random_label", "grad_ascent_descent", "grad_ascent_kl", "negation_lora", "spul",
            "pi_prefix", "pi_prefix_relabel")
 #: split of the data module -> column name of the paper's tables

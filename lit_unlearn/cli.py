@@ -24,6 +24,7 @@ import platform
 import signal
 import sys
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -36,6 +37,7 @@ import lit_unlearn.adapters  # noqa: F401  (registers adapter classes for class_
 from lit_unlearn.callbacks import CollapseGuard, StopOnSignal, UnlearnCheckpoint
 from lit_unlearn.checkpoints import AtomicCheckpointIO
 from lit_unlearn.checkpoints import verify as verify_checkpoint
+from lit_unlearn.config_files import expand_config_args
 from lit_unlearn.core.errors import LitUnlearnError
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.eval import format_table
@@ -267,6 +269,15 @@ def cli_main(args=None, run: bool = True, config_filename: str = "config.yaml") 
     import lit_unlearn.predict_stages  # noqa: F401  (the Influence and TokenScores predict stages, writers)
     import lit_unlearn.methods  # noqa: F401
 
+    args = expand_config_args(list(sys.argv[1:] if args is None else args))  # config names -> shipped paths
+    with warnings.catch_warnings():
+        # LightningCLI always gets its arguments as ``args`` here (the command line's, or one stage's of a pipeline),
+        # beside the process's own sys.argv, which DDP's launcher re-runs: its warning about both is noise
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return _cli(args, run, config_filename)
+
+
+def _cli(args: list[str], run: bool, config_filename: str) -> UnlearnCLI:
     return UnlearnCLI(
         UnlearningMethod,
         ForgetRetainDataModule,

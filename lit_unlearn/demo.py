@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 
 from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
+from lit_unlearn.config_files import config_dir
 from lit_unlearn.data.synthetic import write_fact_splits
 from lit_unlearn.eval import greedy_generate
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
+CONFIG_DIR = config_dir("demo")
 
 
 #: sample generations per split and stage, and their length
@@ -38,7 +39,7 @@ def _stage(config: Path, out_dir: Path, name: str, extra: list[str]) -> tuple[di
     if run_dir.exists():
         shutil.rmtree(run_dir)
     if not config.is_file():
-        raise FileNotFoundError(f"demo config {config} is missing; run the demo from a checkout of lit_unlearn")
+        raise FileNotFoundError(f"demo config {config} is missing: the package was installed without its configs")
     cli = cli_main(["fit", "--config", str(config),
                     "--trainer.logger.init_args.save_dir", str(out_dir.parent),
                     "--trainer.logger.init_args.name", out_dir.name,
@@ -55,13 +56,14 @@ def _stage(config: Path, out_dir: Path, name: str, extra: list[str]) -> tuple[di
     return json.loads((run_dir / "metrics.json").read_text()), samples
 
 
-def run_demo(out_dir: str | Path = "checkpoints/demo", n_people: int = 40, seed: int = 0) -> dict:
+def run_demo(out_dir: str | Path = "checkpoints/demo", n_people: int = 40, seed: int = 0,
+             model: str | None = None, extra: list[str] | None = None) -> dict:
     """Run data -> learn -> unlearn; returns ``{stage: {split: metrics}}`` plus wall times, also in summary.json."""
     out = Path(out_dir).resolve()
     t0 = time.time()
     paths = write_fact_splits(out / "data", n_people=n_people, seed=seed)
     data_args = ["--data.init_args.forget", str(paths["forget"]), "--data.init_args.retain", str(paths["retain"]),
-                 "--seed_everything", str(seed)]
+                 "--seed_everything", str(seed), *(["--model.init_args.model", model] if model else []), *(extra or [])]
     learn, learned_says = _stage(CONFIG_DIR / "learn.yaml", out, "learn", data_args)
     unlearn, unlearned_says = _stage(CONFIG_DIR / "unlearn_npo.yaml", out, "unlearn",
                                      [*data_args, "--model.init_args.init_adapter", str(out / "learn" / "adapter")])
@@ -100,8 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out_dir", default="checkpoints/demo", help="where data, runs and summary.json go")
     parser.add_argument("--people", type=int, default=40, help="number of invented people (half are forgotten)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    summary = run_demo(args.out_dir, args.people, args.seed)
+    parser.add_argument("--model", default=None, help="the base model (default: the configs' SmolLM2-135M-Instruct)")
+    args, extra = parser.parse_known_args(argv)  # any other flag goes to both stages (--data.init_args.max_length 64)
+    summary = run_demo(args.out_dir, args.people, args.seed, args.model, extra)
     print("\n" + format_summary(summary))
     print(f"TensorBoard: tensorboard --logdir {args.out_dir}")
     return summary

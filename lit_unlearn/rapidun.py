@@ -26,8 +26,9 @@ from pathlib import Path
 
 from lit_unlearn import stages
 from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
+from lit_unlearn.config_files import config_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "rapidun"
+CONFIG_DIR = config_dir("rapidun")
 METHODS = ("rapidun", "graddiff", "fallback")
 COLUMNS = (("heldout_poisoned", "trigger_generated"), ("heldout_poisoned", "trigger_generated_lookalike"),
            ("heldout_poisoned", "clean_generated"), ("heldout_poisoned", "trigger_seen"),

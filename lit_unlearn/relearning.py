@@ -83,7 +83,8 @@ def summarize(record: dict, attack: dict | None, learned: dict) -> dict:
     after = record["metrics"]["after"]
     row = {"forget": after["forget_mcq"]["mcq_acc"], "forget_cal": after["forget_mcq"]["mcq_acc_calibrated"],
            "retain": after["retain_mcq"]["mcq_acc"], "retain_cal": after["retain_mcq"]["mcq_acc_calibrated"],
-           "status": record.get("status", "finished"), "fit_s": record.get("wall_time_s", {}).get("fit")}
+           "status": record.get("status", "finished"), "fit_s": record.get("wall_time_s", {}).get("fit"),
+           "measured": record["metrics"].get("measured") or {}}  # e.g. RMU's activation norm, forget MSE before/after
     events = record["metrics"].get("collapse_events") or []
     if events and events[-1].get("evaluation"):  # what the collapsed model scored when the guard tripped
         tripped = events[-1]["evaluation"]

@@ -29,9 +29,10 @@ from pathlib import Path
 
 from lit_unlearn import stages
 from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
+from lit_unlearn.config_files import config_dir
 from lit_unlearn.core.errors import LitUnlearnError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "deeb_roger"
+CONFIG_DIR = config_dir("deeb_roger")
 #: the original sweep (Lion, full parameters of 7-8B models)
 PAPER_LRS = (1e-7, 2e-7, 4e-7, 8e-7, 1.6e-6, 3.2e-6)
 V_KEY, RETAIN_KEY = "val/heldout_mcq/mcq_acc", "val/retain_mcq/mcq_acc"
@@ -79,8 +80,7 @@ def _run(args: list[str], device: int | None) -> int:
     if device is None:
         return cli_main(args).exit_code
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
-    train = Path(__file__).resolve().parents[1] / "train.py"
-    return subprocess.run([sys.executable, str(train), *args], env=env).returncode
+    return subprocess.run([sys.executable, "-m", "lit_unlearn", *args], env=env).returncode
 
 
 def run_rtt(init_adapter: list[str], out: str | Path, model: str | None = None, lrs: tuple[float, ...] = PAPER_LRS,

@@ -33,8 +33,9 @@ from pathlib import Path
 
 from lit_unlearn import stages
 from lit_unlearn.cli import package_versions, write_json_atomic
+from lit_unlearn.config_files import config_dir
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tofu"
+CONFIG_DIR = config_dir("tofu")
 #: per-stage recipe of the mini setting (SmolLM2-135M + LoRA on a CPU), replacing the config's lr and epochs; an
 #: unlearning config that sets its own lr or epochs (grun.yaml: LoReFT at 4e-3 for 40 epochs) keeps them unless
 #: --unlearn-lr / --unlearn-epochs is given. The unlearning recipe is the originals' 10 epochs with one epoch of warm-up
@@ -128,6 +129,7 @@ def summarize(record: dict) -> dict:
     row = {label: after.get(split, {}).get(key) for split, key, label in COLUMNS}
     row["status"] = record.get("status", "finished")
     row["trainable_params"] = record["metrics"].get("trainable_params")
+    row["measured"] = record["metrics"].get("measured") or {}  # what the method measured (RMU's scale, ...)
     gates = {split: v["gate_mean"] for split, v in after.items() if "gate_mean" in v}
     if gates:
         row["gate"] = gates  # GRUN: the mean gate value per split (open on forget, shut elsewhere)

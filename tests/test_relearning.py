@@ -340,7 +340,8 @@ def test_rtt_bad_flags_are_one_line(tmp_path):
 
 def test_with_several_devices_the_sweep_fans_out_to_child_processes(random_bd_mirror, mcq_model_dir, tmp_path,
                                                                     monkeypatch):
-    """``devices: 2`` runs the sub-runs two at a time as ``train.py`` child processes, each pinned to one device
+    """``devices: 2`` runs the sub-runs two at a time as ``python -m lit_unlearn fit`` child processes (the installed
+    package, from any directory), each pinned to one device
     (``CUDA_VISIBLE_DEVICES``; on this CPU machine the pin is inert), with the same records as in-process runs."""
     import subprocess
 
@@ -351,7 +352,7 @@ def test_with_several_devices_the_sweep_fans_out_to_child_processes(random_bd_mi
     real = subprocess.run
 
     def spy(cmd, env=None, **kwargs):
-        seen.append((cmd[1:3], env.get("CUDA_VISIBLE_DEVICES")))
+        seen.append((cmd[1:4], env.get("CUDA_VISIBLE_DEVICES")))
         return real(cmd, env=env, **kwargs)
 
     monkeypatch.setattr(rtt.subprocess, "run", spy)
@@ -363,7 +364,7 @@ def test_with_several_devices_the_sweep_fans_out_to_child_processes(random_bd_mi
     summary = rtt.run_rtt([adapter], tmp_path / "rtt", mcq_model_dir, lrs=(1e-3, 1e-2), epochs=1, mini=2, devices=2,
                           extra=["--trainer.accelerator", "cpu"])
     assert sorted(dev for _, dev in seen) == ["0", "0", "1", "1"]
-    assert all(cmd[1] == "fit" for cmd, _ in seen)
+    assert all(cmd == ["-m", "lit_unlearn", "fit"] for cmd, _ in seen)
     assert len(summary["runs"]) == 4 and all(len(r["curve"]) >= 1 for r in summary["runs"].values())
 
 
