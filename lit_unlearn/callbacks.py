@@ -113,8 +113,11 @@ class CollapseGuard(L.Callback):
         if trainer.sanity_checking or self.tripped or trainer.state.fn != "fit" or self._threshold is None:
             return
         value = trainer.callback_metrics.get(self.retain_metric)
-        if value is None:
-            return
+        if value is None:  # a misspelled name would switch the floor off without a word
+            logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/") and not k.endswith("time_s"))
+            raise ConfigError(f"--guard.retain_metric {self.retain_metric} is not a metric of this run, so the retain "
+                              f"floor cannot be checked; it logs: {', '.join(logged) or 'no val/ metric'} (or set "
+                              "--guard.retain_floor null)")
         value = float(value)
         below = value < self._threshold if self.higher_is_better else value > self._threshold
         if below or math.isnan(value):

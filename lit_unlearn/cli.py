@@ -29,6 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -53,10 +54,43 @@ from lit_unlearn.runs import (
     stamp_config,
 )
 
+def quiet_third_party() -> None:
+    """Drop the messages other libraries print on every run that say nothing about it: transformers' deprecation of
+    ``is_gradient_checkpointing`` (peft reads it), Lightning's ``LeafSpec`` deprecation and its litlogger tip, and
+    bitsandbytes' note that an optional CPU kernel package is absent (it falls back to its own 4-bit kernels)."""
+    import logging
+
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+    class Drop(logging.Filter):
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            return self.text not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(  # rank_zero_info logs through it
+        Drop("seamless cloud logging"))
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(Drop("Failed to load CPU gemm_4bit_forward"))
+
+
+quiet_third_party()
+
 PACKAGES = ("lit_unlearn", "torch", "lightning", "transformers", "peft", "datasets", "torchmetrics",
             "jsonargparse", "bitsandbytes", "tokenizers")
 #: set to 1 to see the full traceback of an error of ours instead of its one line
 TRACEBACK_ENV = "LIT_UNLEARN_TRACEBACK"
+
+
+def _whole_version(get_metrics):
+    def metrics(trainer, pl_module):
+        out = get_metrics(trainer, pl_module)
+        if "v_num" in out and trainer.logger is not None and isinstance(trainer.logger.version, str):
+            out["v_num"] = trainer.logger.version
+        return out
+    return metrics
 
 
 def package_versions() -> dict[str, str | None]:
@@ -98,6 +132,13 @@ class UnlearnCLI(LightningCLI):
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="let fit replace a run already in its directory (otherwise that is refused)")
 
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):  # the evaluation prints our table; Lightning's box would repeat it
+            parser.set_defaults({"verbose": False})
+        return parser
+
     def instantiate_trainer(self, **kwargs):
         # checkpoints are written atomically and checksummed unless the config brings its own CheckpointIO plugin
         plugins = kwargs.get("plugins") or self._get(self.config_init, "trainer", default={}).get("plugins") or []
@@ -106,6 +147,9 @@ class UnlearnCLI(LightningCLI):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(StopOnSignal())
+        for cb in trainer.callbacks:
+            if isinstance(cb, ProgressBar):  # Lightning shows the last 4 characters of a named version ("hole")
+                cb.get_metrics = _whole_version(cb.get_metrics)
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -250,7 +250,8 @@ def bad_input(tmp_path: Path, model_dir: str, data_dir: Path, method: dict | Non
 
 
 @pytest.mark.parametrize("case", ["latin1", "json_strings", "directory", "empty_answer", "max_rows_0", "lr_negative",
-                                  "lr_zero", "warmup_2", "negative_weight"])
+                                  "lr_zero", "warmup_2", "negative_weight", "npo_beta_0", "simnpo_beta_negative",
+                                  "tnpo_beta_0"])
 def test_bad_input_is_one_line_naming_what_to_fix(case, tiny_model_dir, data_dir, tmp_path, capsys):
     forget, method, data, expect = None, None, None, None
     if case == "latin1":
@@ -268,13 +269,17 @@ def test_bad_input_is_one_line_naming_what_to_fix(case, tiny_model_dir, data_dir
         forget, expect = path, f"{path}:1 has an empty answer"
     elif case == "max_rows_0":
         data, expect = {"max_rows": 0}, "--data.max_rows must be >= 1"
-    elif case.startswith(("lr", "warmup", "negative")):
+    elif case.startswith(("lr", "warmup", "negative", "npo", "simnpo", "tnpo")):
         key, value, expect = {"lr_negative": ("lr", -1e-3, "--model.lr must be > 0"),
                               "lr_zero": ("lr", 0.0, "--model.lr must be > 0"),
                               "warmup_2": ("warmup_ratio", 2.0, "--model.warmup_ratio must be in [0, 1)"),
-                              "negative_weight": ("retain_weight", -1.0, "--model.retain_weight must be >= 0")}[case]
+                              "negative_weight": ("retain_weight", -1.0, "--model.retain_weight must be >= 0"),
+                              "npo_beta_0": ("beta", 0.0, "--model.beta must be > 0"),
+                              "simnpo_beta_negative": ("beta", -1.0, "--model.beta must be > 0"),
+                              "tnpo_beta_0": ("beta", 0.0, "--model.beta must be > 0")}[case]
         # a model that does not exist: the value is refused when the method is built, before any model is loaded
-        method = {"class_path": "GradDiff", key: value}
+        cls = {"npo": "NPO", "sim": "SimNPO", "tnp": "TNPO"}.get(case[:3], "GradDiff")
+        method = {"class_path": cls, key: value}
     args = bad_input(tmp_path, tiny_model_dir, data_dir, method, forget, data)
     if method is not None:
         args += ["--model.init_args.model", str(tmp_path / "no_such_model")]
@@ -329,3 +334,53 @@ def test_converting_the_embedded_model_does_not_draw_on_the_seeded_rng(tmp_path,
     torch.manual_seed(0)
     loading.resolve_model("smollm2-135m-instruct")
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("case", ["guard_metric", "no_evaluator"])
+def test_a_run_that_would_silently_report_nothing_is_one_line(case, tiny_model_dir, data_dir, tmp_path, capsys):
+    """A misspelled guard metric used to switch the retain floor off, and a run whose splits all have empty
+    evaluator lists "finished" with no metric; both are one line and exit 2."""
+    if case == "guard_metric":
+        args = bad_input(tmp_path, tiny_model_dir, data_dir) + [
+            "--guard.retain_metric", "val/retain/accuracy", "--guard.retain_floor", "0.1", "--guard.relative", "false",
+            "--trainer.max_steps", "4", "--trainer.val_check_interval", "2"]
+        expect = "--guard.retain_metric val/retain/accuracy is not a metric of this run"
+    else:
+        args = bad_input(tmp_path, tiny_model_dir, data_dir, data={"evaluators": {"forget": [], "retain": []}})
+        expect = "no split of the data module has an evaluator"
+    capsys.readouterr()
+    assert main(args) == 2
+    said = lines_of(capsys.readouterr().err)
+    assert len(said) == 1 and expect in said[0], said
+    if case == "guard_metric":
+        assert "val/retain/acc" in said[0]  # the names it could have meant
+
+
+def test_a_run_prints_none_of_the_libraries_noise(tiny_model_dir, data_dir, tmp_path):
+    """No litlogger tip, no transformers / Lightning deprecation warnings, no Lightning box beside eval.py's own
+    table; an evaluation's table has one value column (there is no before)."""
+    cfg = npo(tmp_path, tiny_model_dir, data_dir, "noise")
+    fit = subprocess.run([sys.executable, "-m", "lit_unlearn", "fit", "--config", cfg, "--trainer.max_steps", "2"],
+                         cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    run_dir = tmp_path / "logs" / "runs" / "noise"
+    ev = subprocess.run([sys.executable, "-m", "lit_unlearn", "eval", "--config", str(run_dir / "config.yaml"),
+                         "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")], cwd=tmp_path, env=ENV,
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    for out in (fit.stdout + fit.stderr, ev.stdout + ev.stderr):
+        for noise in ("litlogger", "is_gradient_checkpointing", "LeafSpec", "args parameter is intended",
+                      "Validate metric"):
+            assert noise not in out, noise
+    header = next(line for line in ev.stdout.splitlines() if line.startswith("split"))
+    assert header.split() == ["split", "metric", "value"]
+
+
+def test_the_progress_bar_shows_the_whole_version():
+    from types import SimpleNamespace
+
+    from lit_unlearn.cli import _whole_version
+
+    metrics = _whole_version(lambda trainer, module: {"v_num": "hole", "loss": 1.0})
+    trainer = SimpleNamespace(logger=SimpleNamespace(version="whole"))
+    assert metrics(trainer, None) == {"v_num": "whole", "loss": 1.0}

@@ -111,7 +111,13 @@ class _BatchScorer:
 
 def format_table(before: dict, after: dict, keys: list[str] | tuple[str, ...]) -> str:
     """A plain-text table, one line per split and metric (in ``keys`` order): ``before -> after`` where both are
-    known, else the value."""
+    known, else the value; without any ``before`` (an evaluation, not a fit) one column, ``value``."""
+    if not before:
+        lines = [f"{'split':<14}{'metric':<18}{'value':>10}"]
+        for split, values in after.items():
+            for i, k in enumerate(k for k in keys if k in values):
+                lines.append(f"{split if i == 0 else '':<14}{k:<18}{values[k]:>10.4f}")
+        return "\n".join(lines)
     lines = [f"{'split':<14}{'metric':<18}{'before':>10}{'':4}{'after':>10}"]
     for split, values in after.items():
         name = split

@@ -356,6 +356,9 @@ class UnlearningMethod(L.LightningModule):
                 raise MethodError("evaluation needs a lit_unlearn data module (--data), which names each split's "
                                   "evaluators")
             plan = {split: dm.evaluators_for(split) for split in dm.split_names}
+            if not any(plan.values()):
+                raise MethodError("no split of the data module has an evaluator, so the run would report no metric: "
+                                  "name some in --data.init_args.evaluators")
             plan = {split: evs + [EVALUATORS[n]() for n in self.extra_evaluators] if evs else evs
                     for split, evs in plan.items()}
             self.suite = EvalSuite(plan,
