@@ -4,6 +4,8 @@ directory.
     lit-unlearn fit --config tofu/base --config tofu/npo_gd      # train.py fit: a config by name or by path
     lit-unlearn eval --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt    # eval.py
     lit-unlearn run tofu --mini 40 --methods npo_gd             # a pipeline (python -m lit_unlearn.tofu ...)
+    lit-unlearn run tofu --mini 40 --dry-run                    # each stage, its resolved values, run / reuse / resume
+    lit-unlearn run --list                                      # the pipelines
     lit-unlearn list                                            # the pipelines and the shipped configs
 
 Exit codes as ``train.py``: 0 finished, 2 an error of ours (one line), 3 collapsed / diverged, 130 / 143 signals.
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli(rest if command == "eval" else argv, evaluate=command == "eval")
     if command == "run":
+        if rest[:1] == ["--list"]:
+            print("\n".join(f"{name:<15} {what}" for name, (_, what) in PIPELINES.items()))
+            return 0
         if not rest or rest[0] not in PIPELINES:
             given = repr(rest[0]) if rest else "no pipeline"
             print(f"lit-unlearn: error: run takes a pipeline name, got {given}; one of: {', '.join(PIPELINES)}",

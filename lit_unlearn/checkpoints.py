@@ -5,14 +5,17 @@
 ``.tmp``), never a truncated ``.ckpt``. Beside each checkpoint it writes ``<name>.ckpt.sha256``, the SHA-256 of the
 checkpoint's bytes, and every load (``--ckpt_path`` for resume and for ``eval.py``) checks it first: a damaged,
 truncated or empty file is refused with one line that names it and the newest intact checkpoint beside it. A
-checkpoint without a checksum file (written by another tool) is loaded as it is. Remote (fsspec) paths fall back to
-Lightning's own reader and writer.
+checkpoint without a checksum file (written by another tool, or copied without it) is loaded only if every weight in
+it is finite. A file that holds objects besides tensors and plain containers (a pickle payload) is refused: loads are
+``weights_only``, and the one line says so instead of suggesting ``weights_only=False``. Remote (fsspec) paths fall
+back to Lightning's own reader and writer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +107,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, *args, **kwargs)
         path = Path(path)
         verify(path)
-        try:
-            return super().load_checkpoint(path, *args, **kwargs)
-        except (OSError, EOFError, RuntimeError, ValueError) as err:  # no checksum file, and torch cannot read it
-            raise _refuse(path, f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from err
+        checkpoint = load_weights_only(path, lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, *args,
+                                                                                                      **kwargs))
+        if not checksum_path(path).is_file():  # nothing vouches for it: its weights at least must be finite
+            bad = next((k for k, v in (checkpoint.get("state_dict") or {}).items()
+                        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()), None)
+            if bad is not None:
+                raise _refuse(path, f"has no checksum file and holds non-finite weights ({bad})")
+        return checkpoint
 
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
         if type(get_filesystem(path)).__name__ == "LocalFileSystem":
             checksum_path(Path(path)).unlink(missing_ok=True)
+
+
+def load_weights_only(path: Path, load):
+    """``load()`` (a torch load of ``path``), its failures turned into one line naming the file."""
+    try:
+        return load()
+    except pickle.UnpicklingError as err:
+        raise _refuse(path, "holds objects other than tensors (a pickle payload), and checkpoints are loaded "
+                            "weights-only") from err
+    except (OSError, EOFError, RuntimeError, ValueError) as err:  # no checksum file, and torch cannot read it
+        raise _refuse(path, f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from err

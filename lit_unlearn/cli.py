@@ -19,6 +19,7 @@ traceback instead).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import signal
@@ -30,16 +31,17 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import lit_unlearn.adapters  # noqa: F401  (registers adapter classes for class_path short names)
 from lit_unlearn.callbacks import CollapseGuard, StopOnSignal, UnlearnCheckpoint
 from lit_unlearn.checkpoints import AtomicCheckpointIO
+from lit_unlearn.checkpoints import load_weights_only
 from lit_unlearn.checkpoints import verify as verify_checkpoint
 from lit_unlearn.config_files import expand_config_args
-from lit_unlearn.core.errors import LitUnlearnError
+from lit_unlearn.core.errors import AdapterError, LitUnlearnError
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.eval import format_table
 from lit_unlearn.methods.base import UnlearningMethod
@@ -109,6 +111,66 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _choices(key: str) -> str:
+    """The class names a ``class_path`` under parser key ``key`` may take (methods, data modules, adapters)."""
+    from lit_unlearn.adapters import ADAPTERS
+    from lit_unlearn.core.registry import subclasses_in
+    from lit_unlearn.methods import METHODS
+
+    if key.endswith("adapter"):
+        return ", ".join(ADAPTERS)
+    if key.split(".")[0] == "data":
+        return ", ".join(n for n in subclasses_in(ForgetRetainDataModule, "lit_unlearn.data") if n != "ForgetRetainDataModule")
+    stages = subclasses_in(UnlearningMethod, "lit_unlearn.predict_stages")  # the predict stages (Influence, ...)
+    return ", ".join([*METHODS, *stages])
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's multi-line parse error as the one sentence that matters, with the valid names where it knows
+    them: an unknown class lists the classes of its kind, an unknown argument names the class it is not one of."""
+    import re
+
+    def key_at(position: int) -> str:  # the nested parser keys before ``position``: model, then its adapter
+        keys = [m.group(1) for m in re.finditer(r'Parser key "([^"]+)"', message) if m.start() < position]
+        return ".init_args.".join(keys)
+
+    key = key_at(len(message))
+    unknown_class = re.search(r"Expected a dot import path string: (\S+)", message)
+    if unknown_class:
+        key = key_at(unknown_class.start())
+        return f"--{key}.class_path {unknown_class.group(1)} is not a known class; one of: {_choices(key)}"
+    option = re.search(r"Option '([^']+)' is not accepted", message)
+    if option:
+        key = key_at(option.start())
+        paths = [m for m in re.finditer(r"given class_path '([^']+)'", message) if m.start() < option.start()]
+        cls = paths[-1].group(1).rsplit(".", 1)[-1] if paths else "the class"  # the innermost: e.g. the adapter
+        if cls in _choices("adapter").split(", ") and not key.endswith("adapter"):
+            key = f"{key}.init_args.adapter"
+        where = f"--{key}.init_args.{option.group(1)}" if key else f"--{option.group(1)}"
+        return (f"{where}: {cls} has no argument {option.group(1)!r} (its arguments: python -m lit_unlearn fit "
+                f"--{key or 'model'}.help {cls})")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    given = re.search(r"Given value: (.+)", message)
+    bad = f"--{key} {given.group(1)!r} is not a valid value" if key and given else " ".join(lines[:2])
+    return (bad + (f" ({lines[1]})" if key and given and len(lines) > 1 else ""))[:400]
+
+
+DESCRIPTION = ("lit_unlearn: machine unlearning for LLMs on PyTorch Lightning. A run is a method (--model: NPO, "
+               "RMU, ...), a benchmark (--data: TOFUDataModule, ...) and a trainer, given as YAML configs (--config "
+               "<file> or a shipped name such as tofu/npo_gd; lit-unlearn list names them all). Exit codes: 0 "
+               "finished, 2 an error of ours (one line), 3 collapsed or diverged, 130 / 143 SIGINT / SIGTERM.")
+
+
+class OneLineParser(LightningArgumentParser):
+    """Parse errors as one line on stderr and exit code 2, not a usage dump of every option."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # a nested parser (a class's arguments): the outer one reports, with context
+            return super().error(message, ex)
+        print(f"lit_unlearn: error: {one_line(message)}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
 class UnlearnCLI(LightningCLI):
     def __init__(self, *args, **kwargs):
         self.timings: dict[str, float] = {}
@@ -158,6 +220,8 @@ class UnlearnCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file():
             verify_checkpoint(ckpt_path)
+            load_weights_only(Path(ckpt_path), super()._parse_ckpt_path)  # a pickle payload: one line, not a traceback
+            return
         super()._parse_ckpt_path()
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -231,6 +295,12 @@ class UnlearnCLI(LightningCLI):
     # ---- fit --------------------------------------------------------------------------------------------------
     def before_fit(self) -> None:
         config = self._sub_config()
+        adapter = getattr(self.model, "adapter", None)
+        if config.get("export_merged", False) and adapter is not None and not type(adapter).mergeable:
+            # refused before training, not after it: the adapter declares it cannot be folded into weights
+            raise AdapterError(f"--export_merged true: a {type(adapter).__name__} cannot be merged into the base's "
+                               "weights (only LoRA can); drop --export_merged, the run saves adapter/ to stack with "
+                               "--model.init_adapter")
         run_dir = self._run_dir()
         self.model.run_id = self.model.run_id or new_run_id()
         if self.trainer.global_rank == 0:
@@ -297,10 +367,16 @@ class UnlearnCLI(LightningCLI):
     def after_validate(self) -> None:
         self.timings["eval"] = round(time.time() - self._eval_t0, 2)
         self._write_rows("eval")
+        bad = [f"{s}/{k}" for s, d in self.model.last_eval.items() for k, v in d.items() if not math.isfinite(v)]
+        if bad:  # NaN metrics are a broken model (or checkpoint), never a result
+            self.status, self.exit_code = "diverged", EXIT_COLLAPSED
         path = self._record("eval_metrics.json", {"eval": self.model.last_eval,
                                                   "ckpt_path": self._sub_config().get("ckpt_path")})
         if path is not None:
             print(format_table({}, self.model.last_eval, self.model.evaluation_suite().table_keys()))
+            if bad:
+                print(f"[lit_unlearn] the evaluation gave non-finite metrics ({', '.join(bad[:4])}): the model or "
+                      "checkpoint is broken; exit code 3", file=sys.stderr)
 
     before_test = before_validate
     after_test = after_validate
@@ -327,6 +403,8 @@ def _cli(args: list[str], run: bool, config_filename: str) -> UnlearnCLI:
         ForgetRetainDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=OneLineParser,
+        parser_kwargs={"description": DESCRIPTION},
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True, "config_filename": config_filename},
         trainer_defaults={

@@ -77,16 +77,24 @@ def compare_weights(ours: Path, reference: Path) -> dict:
 
 def run_pipeline(out: str | Path = "checkpoints/rapidun_run", methods=METHODS, mini: int | None = None,
                  poison_rows: int | None = None, model: str | None = None, extra: list[str] | None = None,
-                 reference_weights: str | None = None, seed: int = 0, k: int | None = None) -> dict:
+                 reference_weights: str | None = None, seed: int = 0, k: int | None = None,
+                 poison_ratio: float = 9.0, poison_lr: float | None = None, poison_epochs: int | None = None) -> dict:
     out = Path(out).resolve()
     t0 = time.time()
     common = ["--seed_everything", str(seed), *(extra or [])]
     if mini is not None:
         common += ["--data.init_args.max_rows", json.dumps({"forget": mini, "retain": 3 * mini, "val_clean": 2 * mini})]
     poison = ["--model.init_args.model", model] if model else []
-    if poison_rows is not None:  # N poisoned rows and 9N clean ones: the paper's 10% (poison.yaml)
-        rows = {"forget": poison_rows, "retain": 9 * poison_rows, **({"val_clean": 2 * mini} if mini else {})}
+    if poison_rows is not None:  # N poisoned rows and ratio x N clean ones: the paper's 10% at ratio 9 (poison.yaml)
+        rows = {"forget": poison_rows, "retain": round(poison_ratio * poison_rows),
+                **({"val_clean": 2 * mini} if mini else {})}
         poison += ["--data.init_args.max_rows", json.dumps(rows)]
+    if poison_ratio != 9.0:  # every batch 1 : ratio, the two CE terms weighted so that every row weighs the same
+        poison += ["--data.init_args.retain_ratio", str(poison_ratio),
+                   "--model.init_args.forget_weight", str(1 / (1 + poison_ratio)),
+                   "--model.init_args.retain_weight", str(poison_ratio / (1 + poison_ratio))]
+    poison += ["--model.init_args.lr", str(poison_lr)] if poison_lr is not None else []
+    poison += ["--trainer.max_epochs", str(poison_epochs)] if poison_epochs is not None else []
     records = {"poison": stages.run_stage([CONFIG_DIR / "base.yaml", CONFIG_DIR / "poison.yaml"], out, "poison",
                                           common + poison)}
     target = ["--model.init_args.model", str(out / "poison" / "merged")]
@@ -135,6 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="N forget rows, 3N retain, 2N val_clean (seeded; the packs hold 40 and 120)")
     parser.add_argument("--poison-rows", type=int, default=None,
                         help="poisoned rows to poison on (a seeded subset of the 700; 9x as many clean rows)")
+    parser.add_argument("--poison-ratio", type=float, default=9.0,
+                        help="clean rows per poisoned row in the poisoning stage (default 9: the paper's 10%%)")
+    parser.add_argument("--poison-lr", type=float, default=None, help="lr of the poisoning stage (default 2e-4)")
+    parser.add_argument("--poison-epochs", type=int, default=None, help="most epochs of the poisoning stage (3)")
     parser.add_argument("--model", default=None, help="the base to poison (default: the config's)")
     parser.add_argument("--reference-weights", default=None, help="a folder of reference weights to correlate with")
     parser.add_argument("--out", default=None)
@@ -143,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     args, extra = parser.parse_known_args(argv)
     summary = run_pipeline(args.out or ("checkpoints/rapidun_mini" if args.mini else "checkpoints/rapidun_run"),
                            [m for m in args.methods.split(",") if m], args.mini, args.poison_rows, args.model, extra,
-                           args.reference_weights, args.seed, args.k)
+                           args.reference_weights, args.seed, args.k, args.poison_ratio, args.poison_lr,
+                           args.poison_epochs)
     print("\n" + format_markdown(summary))
     return summary
 

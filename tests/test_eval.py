@@ -17,7 +17,7 @@ from conftest import perturb_lora, write_jsonl, write_sst2_csv
 from lit_unlearn.core.errors import DataError, EvalError
 from lit_unlearn.core.scoring import TokenStats
 from lit_unlearn.core.tokens import IGNORE
-from lit_unlearn.eval import EVALUATORS, AnswerEvaluator, EvalSuite, LabelEvaluator
+from lit_unlearn.eval import EVALUATORS, AnswerEvaluator, EvalSuite, LabelEvaluator, MIASummary
 
 NAMES = sorted(EVALUATORS)
 # 7 forget rows (odd: an uneven split across 2 ranks), 5 retain rows
@@ -68,11 +68,13 @@ def scorer(model_dir: str, name: str = "answer"):
 def run_suite(model_dir: str, data_dir: str, name: str, world: tuple[int, int] = (1, 0)):
     dm = sst2_module(model_dir, data_dir, name, world)
     method = scorer(model_dir, name)
-    suite = EvalSuite({split: dm.evaluators_for(split) for split in dm.split_names})
+    # membership scores need a members / non-members pair (EvalSuite refuses mia without one): forget vs retain
+    aggregates = [MIASummary(members="forget", nonmembers="retain")] if name == "mia" else []
+    suite = EvalSuite({split: dm.evaluators_for(split) for split in dm.split_names}, aggregates)
     for loader in dm.val_dataloader():
         for batch in loader:
             suite.update(method, batch)
-    results = suite.compute()
+    results = {split: v for split, v in suite.compute().items() if split in suite.plan}
     rows = {split: [ev.last_rows for ev in evs] for split, evs in suite.plan.items()}
     return results, rows, suite
 
@@ -292,3 +294,14 @@ def test_generation_on_an_nf4_base_with_the_adapter_on_and_off(tiny_model_dir_64
     with method.adapter.disabled(method.lm):
         off = greedy_generate(method.lm, method.tokenizer, prompts, max_new_tokens=5, batch_size=3)
     assert off != on  # the adapter is really off
+
+
+def test_mia_without_a_members_and_nonmembers_pair_is_one_line():
+    """Per-row MIA scores alone used to be reported as if they meant something; an AUC needs both sides."""
+    from lit_unlearn.eval import MIAEvaluator, MIASummary
+
+    with pytest.raises(EvalError, match=r"split 'forget' runs the mia evaluator, but no members / non-members pair"):
+        EvalSuite({"forget": [MIAEvaluator()], "retain": [AnswerEvaluator()]})
+    with pytest.raises(EvalError, match="no members / non-members pair"):  # an aggregate whose holdout is not there
+        EvalSuite({"forget": [MIAEvaluator()]}, aggregates=[MIASummary()])
+    EvalSuite({"forget": [MIAEvaluator()], "holdout": [MIAEvaluator()]}, aggregates=[MIASummary()])  # fine

@@ -185,6 +185,39 @@ def test_a_checkpoint_without_a_checksum_file_still_loads(finished_run):
                  "--trainer.logger.init_args.version", "eval"], evaluate=True) == 0
 
 
+class _Payload:
+    """An object whose unpickling would run code (what a weights-only load refuses)."""
+
+    def __reduce__(self):
+        return (print, ("a pickle payload ran",))
+
+
+@pytest.mark.parametrize("fault", ["pickle_payload", "nan_without_checksum"])
+def test_a_checkpoint_with_a_payload_or_nan_weights_is_one_line(fault, finished_run, capsys):
+    """A pickle payload is refused (loads are weights-only), without the traceback that suggested weights_only=False;
+    a checkpoint copied without its checksum file is loaded only if its weights are finite."""
+    run_dir, _ = finished_run
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    if fault == "pickle_payload":
+        ckpt["payload"] = _Payload()
+        expect = "holds objects other than tensors (a pickle payload)"
+    else:
+        name = next(iter(ckpt["state_dict"]))
+        ckpt["state_dict"][name] = torch.full_like(ckpt["state_dict"][name], float("nan"))
+        expect = f"has no checksum file and holds non-finite weights ({name})"
+    torch.save(ckpt, last)
+    (run_dir / "checkpoints" / "last.ckpt.sha256").unlink()
+    capsys.readouterr()
+    assert main(["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(last),
+                 "--trainer.logger.init_args.version", "eval"], evaluate=True) == 2
+    captured = capsys.readouterr()
+    said = lines_of(captured.err)
+    assert len(said) == 1 and expect in said[0] and str(last) in said[0], said
+    assert "Traceback" not in captured.err and "weights_only=False" not in captured.err
+    assert "a pickle payload ran" not in captured.out
+
+
 # ---- run directories ------------------------------------------------------------------------------------------------
 def test_a_finished_run_is_not_overwritten_unless_asked(finished_run, capsys):
     run_dir, cfg = finished_run
@@ -336,7 +369,7 @@ def test_converting_the_embedded_model_does_not_draw_on_the_seeded_rng(tmp_path,
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("case", ["guard_metric", "no_evaluator"])
+@pytest.mark.parametrize("case", ["guard_metric", "no_evaluator", "merge_a_prefix"])
 def test_a_run_that_would_silently_report_nothing_is_one_line(case, tiny_model_dir, data_dir, tmp_path, capsys):
     """A misspelled guard metric used to switch the retain floor off, and a run whose splits all have empty
     evaluator lists "finished" with no metric; both are one line and exit 2."""
@@ -345,9 +378,14 @@ def test_a_run_that_would_silently_report_nothing_is_one_line(case, tiny_model_d
             "--guard.retain_metric", "val/retain/accuracy", "--guard.retain_floor", "0.1", "--guard.relative", "false",
             "--trainer.max_steps", "4", "--trainer.val_check_interval", "2"]
         expect = "--guard.retain_metric val/retain/accuracy is not a metric of this run"
-    else:
+    elif case == "no_evaluator":
         args = bad_input(tmp_path, tiny_model_dir, data_dir, data={"evaluators": {"forget": [], "retain": []}})
         expect = "no split of the data module has an evaluator"
+    else:  # the adapter declares it cannot be merged (Adapter.mergeable): refused before training, not after it
+        args = bad_input(tmp_path, tiny_model_dir, data_dir, method={
+            "class_path": "GradDiff", "adapter": {"class_path": "Prefix", "init_args": {"length": 2}}}) + [
+            "--export_merged", "true"]
+        expect = "--export_merged true: a Prefix cannot be merged"
     capsys.readouterr()
     assert main(args) == 2
     said = lines_of(capsys.readouterr().err)
@@ -384,3 +422,24 @@ def test_the_progress_bar_shows_the_whole_version():
     metrics = _whole_version(lambda trainer, module: {"v_num": "hole", "loss": 1.0})
     trainer = SimpleNamespace(logger=SimpleNamespace(version="whole"))
     assert metrics(trainer, None) == {"v_num": "whole", "loss": 1.0}
+
+
+@pytest.mark.parametrize(("flag", "expect"), [
+    (["--model.class_path", "NPOO"], "--model.class_path NPOO is not a known class; one of: "),
+    (["--data.class_path", "TOFU"], "--data.class_path TOFU is not a known class; one of: "),
+    (["--model.init_args.adapter.class_path", "Lora"], "--model.init_args.adapter.class_path Lora is not a known class"),
+    (["--model.init_args.betta", "3"], "--model.init_args.betta: GradDiff has no argument 'betta'"),
+    (["--model.init_args.adapter.init_args.rank", "3"], "--model.init_args.adapter.init_args.rank: LoRA has no argument"),
+    (["--trainer.max_epochs", "abc"], "--trainer.max_epochs 'abc' is not a valid value"),
+])
+def test_a_bad_class_or_key_is_one_line_naming_the_choices(flag, expect, capsys):
+    """Not jsonargparse's usage dump of every option (73 lines) without the valid names."""
+    with pytest.raises(SystemExit) as stop:
+        from lit_unlearn.cli import cli_main
+
+        cli_main(["fit", "--config", "tofu/base", *flag])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lit_unlearn: error: ") and expect in err[0], err
+    if "known class" in expect:
+        assert {"NPOO": "NPO", "TOFU": "TOFUDataModule", "Lora": "LoRA"}[flag[1]] in err[0]

@@ -47,6 +47,8 @@ def test_the_lit_unlearn_command(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in PIPELINES) and "tofu/npo_gd" in out
+    assert main(["run", "--list"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(PIPELINES)
     assert main(["run", "nope"]) == 2 and "one of: demo, tofu" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
     assert main(["fit", "--config", "tofu/npo_xx"]) == 2
@@ -82,6 +84,10 @@ def test_a_wheel_installed_elsewhere_runs_a_pipeline_and_the_console_script(tiny
     listed = subprocess.run([str(env_dir / "bin" / "lit-unlearn"), "list"], cwd=outside, env=env,
                             capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0 and "tofu/npo_gd" in listed.stdout, listed.stderr[-2000:]
+    # the setting recipes travel too: a dry run of TOFU's mini setting resolves its values from them
+    dry = subprocess.run([str(env_dir / "bin" / "lit-unlearn"), "run", "tofu", "--mini", "3", "--dry-run", "--out",
+                          str(outside / "tofu")], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and "(recipe tofu_mini: unlearn)" in dry.stdout, dry.stderr[-2000:]
     demo = subprocess.run([str(env_dir / "bin" / "lit-unlearn"), "run", "demo", "--model", tiny_model_dir,
                            "--people", "8", "--out_dir", str(outside / "demo"), "--data.init_args.max_length", "64",
                            "--trainer.max_epochs", "2"], cwd=outside, env=env,

@@ -5,6 +5,7 @@ learn -> unlearn -> RTT pipeline run end to end on a tiny model from the shipped
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -305,6 +306,12 @@ def test_the_relearning_pipeline_runs_learn_unlearn_rtt_from_the_shipped_configs
     capsys.readouterr()
     again = run_pipeline(["gd", "ria"], out, mini=2, model=mcq_model_dir, rtt_lrs=(1e-3, 1e-2), rtt_epochs=2)
     assert capsys.readouterr().out.count("reusing") == 3 and again["stages"] == stages
+    # the same values as the hand-written driver this pipeline replaced gave on this tiny setting (issue 21)
+    pinned = json.loads((Path(__file__).parent / "pinned" / "relearning_tiny_summary.json").read_text())
+    for stage, row in pinned.items():
+        for key, value in row.items():
+            assert stages[stage][key] == (pytest.approx(value, abs=1e-4) if isinstance(value, float) else value), \
+                (stage, key)
 
 
 def test_grun_gated_rmu_runs_in_the_pipeline_and_reports_its_gate(random_bd_mirror, mcq_model_dir, tmp_path,
@@ -321,7 +328,8 @@ def test_grun_gated_rmu_runs_in_the_pipeline_and_reports_its_gate(random_bd_mirr
     record = json.loads((out / "grun_rmu" / "metrics.json").read_text())
     gates = {split: m["gate_mean"] for split, m in record["metrics"]["after"].items()}
     assert set(gates) == {"forget_mcq", "retain_mcq"} and all(0 < g < 1 for g in gates.values()), gates
-    assert "--model.init_args.lr" not in record["command"]  # the config's own lr (4e-3), not the mini LoRA lr
+    # the mini recipe's own section for it: GRUN's LoReFT lr (4e-3), not the mini LoRA lr (1e-4)
+    assert "--model.init_args.lr 0.004" in record["command"]
     saved = json.loads((out / "grun_rmu" / "adapter" / "adapter_config.json").read_text())
     assert saved["adapter_type"] == "LoReFT" and saved["position"] == "fraction" and saved["fraction"] == 0.8
     config = (out / "rtt_grun_rmu" / "fold0_lr0.001" / "config.yaml").read_text()
@@ -369,16 +377,17 @@ def test_with_several_devices_the_sweep_fans_out_to_child_processes(random_bd_mi
 
 
 def test_the_table_shows_what_a_collapsed_run_scored_at_the_trip():
-    from lit_unlearn.relearning import format_markdown, summarize
+    from lit_unlearn.pipelines.runner import summarize
+    from lit_unlearn.relearning import COLUMNS, format_markdown
 
     after = {"forget_mcq": {"mcq_acc": 0.9, "mcq_acc_calibrated": 0.8},
              "retain_mcq": {"mcq_acc": 0.85, "mcq_acc_calibrated": 0.8}}
     record = {"status": "collapsed", "wall_time_s": {"fit": 12.0}, "metrics": {"after": after, "collapse_events": [
         {"step": 120, "evaluation": {"val/forget_mcq/mcq_acc": 0.3, "val/retain_mcq/mcq_acc": 0.25,
                                      "val/forget_mcq/mcq_acc_calibrated": 0.7}}]}}
-    attack = {"overall": {"best": 0.45, "retain_at_best": 0.8}}
-    row = summarize(record, attack, learned={"forget_mcq": {"mcq_acc": 0.9}})
-    assert row["recovered"] == pytest.approx(0.5) and row["tripped"]["retain"] == 0.25
+    row = summarize(record, COLUMNS)
+    row.update(rtt_best=0.45, rtt_retain=0.8, recovered=0.45 / 0.9)  # what run_pipeline adds after the attack
+    assert row["forget"] == 0.9 and row["collapsed"]["retain"] == 0.25 and row["collapsed"]["rtt_best"] is None
     lines = format_markdown({"stages": {"gd": row}}).splitlines()
     assert lines[2].startswith("| gd (collapsed: restored) | 0.900 | 0.800 | 0.850 | 0.800 | 0.450 | 0.800 | 0.500 |")
     assert lines[3].startswith("| gd at the trip (step 120) | 0.300 | 0.700 | 0.250 | - | - | - | - |")

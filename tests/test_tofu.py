@@ -350,18 +350,53 @@ def test_eval_py_puts_a_plain_model_through_the_tofu_evaluators(tofu_mirror, tin
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------------------
-def test_the_mini_recipe_keeps_a_method_files_own_lr_and_epochs():
-    """The mini setting's lr and epochs (1e-4 for 10 epochs, for LoRA) replace those of LoRA methods only: GRUN's
-    LoReFT trains at its file's 4e-3 for its 40 epochs (renjie3/GRUN's recipe)."""
-    from lit_unlearn.stages import sets, sets_lr
-    from lit_unlearn.tofu import CONFIG_DIR, MINI
+def test_the_mini_recipe_and_the_precedence_of_values(tmp_path):
+    """The mini recipe (lit_unlearn/pipelines/recipes/tofu_mini.yaml) gives LoRA unlearning stages 1e-4 for 10 epochs and GRUN's
+    LoReFT its own 4e-3 for 40 (renjie3/GRUN's recipe); a flag beats the recipe, the recipe beats the configs, and a
+    key set nowhere is the class default - each value reported with its source."""
+    from lit_unlearn.pipelines.runner import Runner
+    from lit_unlearn.tofu import RECIPE, stages
 
-    assert MINI["unlearn"] == {"lr": 1.0e-4, "epochs": 10}
-    assert sets_lr(CONFIG_DIR / "grun.yaml") and sets(CONFIG_DIR / "grun.yaml", "trainer.max_epochs")
-    others = ("npo", "npo_gd", "graddiff", "tnpo", "simnpo", "idk")
-    assert not any(sets_lr(CONFIG_DIR / f"{m}.yaml") for m in others)
-    assert not any(sets(CONFIG_DIR / f"{m}.yaml", "trainer.max_epochs") for m in others)
-    assert not sets(CONFIG_DIR / "grun.yaml", "trainer.min_epochs")
+    by_name = {s.name: s for s in stages(["npo_gd", "grun"])}
+    runner = Runner(tmp_path, RECIPE, settings=("tofu/mini",))
+    npo, grun = runner.resolve(by_name["npo_gd"]), runner.resolve(by_name["grun"])
+    assert npo["model.init_args.lr"] == (1.0e-4, "recipe tofu_mini: unlearn") and npo["trainer.max_epochs"][0] == 10
+    assert grun["model.init_args.lr"] == (4.0e-3, "recipe tofu_mini: grun") and grun["trainer.max_epochs"][0] == 40
+    assert runner.resolve(by_name["finetune"])["model.init_args.lr"] == (1.0e-3, "recipe tofu_mini: learn")
+    flagged = Runner(tmp_path, RECIPE, {"unlearn": {"model.init_args.lr": 0.5}}, settings=("tofu/mini",))
+    assert flagged.resolve(by_name["grun"])["model.init_args.lr"] == (0.5, "flag")
+    plain = Runner(tmp_path, None, {"learn": {"model.init_args.warmup_ratio": 0.2, "trainer.gradient_clip_val": 1.0}})
+    values = plain.resolve(by_name["grun"])
+    assert values["trainer.gradient_clip_val"] == (None, "class default")  # no tofu config sets it
+    assert values["model.init_args.warmup_ratio"] == (0.0, "config")  # grun.yaml sets it
+    assert plain.resolve(by_name["npo_gd"])["model.init_args.warmup_ratio"] == (0.1, "config")  # tofu/base sets it
+    assert plain.resolve(by_name["retain"])["model.init_args.warmup_ratio"] == (0.2, "flag")
+
+
+def test_the_dry_run_prints_each_stage_its_values_and_what_it_would_do(tofu_mirror, tiny_model_dir, tmp_path,
+                                                                       capsys):
+    from lit_unlearn.tofu import main
+
+    out = tmp_path / "tofu_dry"
+    main(["--mini", "3", "--methods", "npo_gd,tnpo", "--out", str(out), "--model", tiny_model_dir, "--dry-run"])
+    text = capsys.readouterr().out
+    heads = [line for line in text.splitlines() if not line.startswith(" ")]
+    assert heads == ["retain: run (fit)", "finetune: run (fit)", "npo_gd: run (fit)", "token_scores: run (predict)",
+                     "tnpo: run (fit)"]  # TNPO's own prerequisite (TNPO.prerequisite) before it
+    assert "model.init_args.lr = 0.0001  (recipe tofu_mini: unlearn)" in text
+    assert "data.init_args.mini = 3  (flag)" in text
+    assert "data.init_args.token_masks@forget <- token_scores:token_masks.jsonl" in text
+    assert "guard.retain_floor = 0.5 x finetune's retain_eval/prob" in text
+    assert not out.exists()  # nothing ran, nothing was written
+
+
+def test_a_misnamed_method_is_refused_before_any_stage_runs(tmp_path, capsys):
+    from lit_unlearn.__main__ import main
+
+    assert main(["run", "tofu", "--mini", "3", "--methods", "npo_gdd", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tofu/npo_gdd" in err[0] and "tofu/npo_gd" in err[0]
+    assert not (tmp_path / "t").exists()
 
 
 def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model_dir, tmp_path, monkeypatch, capsys):
@@ -388,7 +423,18 @@ def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model
             .splitlines()]
     assert [r["id"] for r in rows] == ["0", "1", "2", "3"]
     assert {"question", "answer", "generated", "prob", "rouge", "truth_ratio_raw"} <= set(rows[0])
-    assert json.loads((out / "tofu_summary.json").read_text())["stages"]["npo_gd"]["MU"] == stages["npo_gd"]["MU"]
+    assert json.loads((out / "summary.json").read_text())["stages"]["npo_gd"]["MU"] == stages["npo_gd"]["MU"]
+    # the same values as the hand-written driver this pipeline replaced gave on this tiny setting (issue 21)
+    pinned = json.loads((Path(__file__).parent / "pinned" / "tofu_tiny_summary.json").read_text())
+    for stage, row in pinned.items():
+        for key, value in row.items():
+            got = stages[stage][key]
+            if isinstance(value, float):
+                assert got == pytest.approx(value, abs=1e-4), (stage, key)
+            elif isinstance(value, dict) and key == "gate":
+                assert got == pytest.approx(value, abs=1e-4), (stage, key)
+            else:
+                assert got == value, (stage, key)
     assert "npo_gd" in format_summary(summary)
     capsys.readouterr()
     again = run_pipeline(["npo_gd"], out, mini=3, model=tiny_model_dir)  # completed stages are reused
@@ -397,16 +443,17 @@ def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model
 
 
 def test_the_summary_shows_what_a_collapsed_run_scored_before_the_restore():
-    from lit_unlearn.tofu import format_markdown, format_summary, summarize
+    from lit_unlearn.pipelines.runner import format_markdown, summarize
+    from lit_unlearn.tofu import COLUMNS, format_summary
 
     record = {"status": "collapsed", "wall_time_s": {"fit": 10.0, "eval_after": 5.0}, "metrics": {
         "after": {"tofu": {"model_utility": 0.31, "forget_quality": 0.0005}},
         "collapse_events": [{"step": 25, "reason": "floor", "restored_step": 0,
                              "evaluation": {"val/tofu/model_utility": 0.0, "val/tofu/forget_quality": 0.92}}]}}
-    row = summarize(record)
+    row = summarize(record, COLUMNS)
     assert row["MU"] == 0.31 and row["collapsed"]["MU"] == 0.0 and row["collapsed"]["FQ"] == 0.92
     text = format_summary({"stages": {"grad_ascent": row}})
     assert "(collapsed)" in text and "tripped" in text and "step 25" in text
-    lines = format_markdown({"stages": {"grad_ascent": row}}).splitlines()
+    lines = format_markdown({"stages": {"grad_ascent": row}}, COLUMNS).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| grad_ascent (collapsed: restored) | 0.0005 | 0.310 |")
     assert lines[3].startswith("| grad_ascent at the trip (step 25) | 0.92 | 0.000 |")

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -19,8 +20,9 @@ from torch import nn
 class Adapter(ABC):
     """Base class of every adapter.
 
-    Contract (tested for LoRA in ``tests/test_adapters.py``, for Prefix / SoftPrompt in
-    ``tests/test_classification.py``, for LoReFT in ``tests/test_reft.py``):
+    Contract (``tests/test_adapter_contract.py`` checks it for every class in ``ADAPTERS`` and each of its
+    ``variants``; the adapter-specific tests are in ``tests/test_adapters.py`` (LoRA), ``tests/test_classification.py``
+    (Prefix / SoftPrompt) and ``tests/test_reft.py`` (LoReFT)):
 
     - ``apply(model) -> model``: freeze the base and attach the adapter; returns the model to train.
     - ``disabled(model)``: a context in which the model computes exactly the base model (the reference model
@@ -37,9 +39,16 @@ class Adapter(ABC):
     its keys) and returns call arguments to add or override; the default adds nothing. The virtual-token and ReFT
     adapters act through hooks inside the model instead (LoReFT reads the prompt boundary from the batch here),
     and the model's outputs stay aligned with ``input_ids``.
+
+    Capabilities, declared on the class (they decide which contract checks apply): ``starts_as_identity``,
+    ``mergeable`` (``merge`` folds the adapter into the base's weights; False: ``merge`` raises ``AdapterError``)
+    and ``variants``, named constructor arguments that change what the adapter computes (LoReFT's gate), each
+    held to the contract beside the default configuration.
     """
 
-    starts_as_identity: bool = True
+    starts_as_identity: ClassVar[bool] = True
+    mergeable: ClassVar[bool] = True
+    variants: ClassVar[dict[str, dict]] = {}
 
     @abstractmethod
     def apply(self, model: nn.Module) -> nn.Module: ...

@@ -184,6 +184,8 @@ def interventions(model: nn.Module, create: bool = False) -> Interventions | Non
 class LoReFT(ModuleAdapter):
     """Low-rank representation fine-tuning at ``layers`` and ``position``; ``gated`` adds GRUN's soft gate."""
 
+    variants = {"gated": {"gated": True}}
+
     def __init__(self, layers: list[int] | None = None, rank: int = 4, position: Position = "last_prompt",
                  gated: bool = False, gate_hidden: list[int] | None = None, fraction: float = 0.8,
                  eval_position: Position | None = None):

@@ -225,6 +225,7 @@ class ModuleAdapter(Adapter):
     (container :class:`VirtualTokens`) and LoReFT (``lit_unlearn.adapters.reft``) are this."""
 
     starts_as_identity = False
+    mergeable = False  # a prefix, a prompt or an intervention is not a weight delta
 
     def container(self, model: nn.Module, create: bool = False) -> nn.Module | None:
         """The module on ``model`` holding the providers (``providers``, an ``nn.ModuleDict``)."""

@@ -40,6 +40,13 @@ class EvalSuite:
         clash = [a.name for a in self.aggregates if a.name in self.plan]
         if clash:
             raise EvalError(f"aggregate {clash[0]!r} has the name of a split; rename the split")
+        with_mia = [s for s, evs in self.plan.items() if any(ev.name == "mia" for ev in evs)]
+        pairs = [(a.members, a.nonmembers) for a in self.aggregates if a.name == "mia"]
+        if with_mia and not any(m in self.plan and n in self.plan for m, n in pairs):
+            # per-row scores alone say nothing about membership: an AUC needs members and non-members
+            raise EvalError(f"split {with_mia[0]!r} runs the mia evaluator, but no members / non-members pair is "
+                            "evaluated (TOFUDataModule's forget and holdout), so no AUC can be computed: remove mia "
+                            "from --data.init_args.evaluators or evaluate a holdout split")
 
     def update(self, module: Scorer, batch: dict) -> None:
         split = batch.get("split")

@@ -47,6 +47,11 @@ class UnlearningMethod(L.LightningModule):
 
     #: whether the method's loss needs the reference model (the base with the adapter disabled)
     needs_reference: ClassVar[bool] = False
+    #: a stage the method needs run before it (e.g. TNPO's token selection), for the pipeline runner: ``config`` (a
+    #: config name in the benchmark's folder), ``subcommand``, ``artifact`` (the file it writes in its run folder),
+    #: ``into`` (the dotted key that receives the file; ``key@name`` passes ``{"name": file}``) and ``overrides``
+    #: (``"{run_dir}"`` is its run folder); None: none
+    prerequisite: ClassVar[dict | None] = None
     #: the retain term when the config leaves ``retain`` null
     default_retain: ClassVar[Retain] = "nll"
     #: the adapter classes (by name) the method works with; None: any adapter (the contract suite runs them all)

@@ -73,6 +73,12 @@ class TNPO(UnlearningMethod):
 
     needs_reference = True
     default_retain = "none"
+    #: its token selection, run first by the pipeline runner (lit_unlearn.pipelines.runner): ``predict`` with the
+    #: benchmark's ``token_scores`` config on the model it unlearns from, writing ``token_masks.jsonl`` into its run
+    #: folder, which reaches this stage as ``--data.init_args.token_masks '{"forget": <file>}'``
+    prerequisite = {"config": "token_scores", "subcommand": "predict", "artifact": "token_masks.jsonl",
+                    "into": "data.init_args.token_masks@forget",
+                    "overrides": {"trainer.callbacks.init_args.out_dir": "{run_dir}", "data.init_args.reference": None}}
 
     def __init__(self, *args, beta: float = 4.5, weighting: Literal["hard", "soft"] = "hard",
                  selected_weight: float = 5.0, other_weight: float = 0.1, **kwargs):

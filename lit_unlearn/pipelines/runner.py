@@ -1,0 +1,349 @@
+"""One runner for the multi-stage pipelines: a pipeline declares its stages, the runner does the rest.
+
+A :class:`Stage` names its configs (shipped names such as ``tofu/base``, or paths), its overrides (dotted keys to
+values), its subcommand, the recipe section that applies to it, the artifacts it takes from earlier stages
+(``needs``: a dotted key -> ``"<stage>:<artifact>"``) and, for an unlearning stage, the earlier evaluation that sets
+its collapse-guard floor. The :class:`Runner` owns everything else, once for every pipeline:
+
+- **run directories**: ``<out>/<stage>``; a stage that already ended (``metrics.json`` says finished, collapsed or
+  diverged) is reused, one stopped by a signal or killed resumes from its ``last.ckpt``;
+- **values, in one place, with one precedence**: command-line flag > setting recipe (its section for the stage by
+  name, then its section for the stage's kind: ``learn`` / ``unlearn``) > the stage's configs, last one winning >
+  the class default. :meth:`Runner.resolve` returns each value with where it came from, and ``--dry-run`` prints it;
+- **a method's own prerequisite stage** (TNPO's token selection): declared on the method class as
+  ``prerequisite`` (its config in the pipeline's config folder, subcommand, the file it writes and the key that
+  receives it), run once before the first stage that needs it; no method name appears here;
+- **the guard floor**: ``floor = ("finetune", "retain_eval", "prob", 0.5)`` sets ``--guard.retain_floor`` to 0.5 x
+  that stage's evaluated value, absolute;
+- **summary**: the declared columns per stage (and, for a run the guard stopped, what it scored at the trip), the
+  terminal and Markdown tables, ``<out>/summary.json``;
+- **exit codes**: a stage's 0 (finished) and 3 (collapsed: its restored adapter is the result) continue the
+  pipeline; any other code ends it with that code (2 bad input, 130 / 143 signals); errors of ours are one line
+  (``lit_unlearn.__main__``).
+
+Artifacts of a stage's run directory: ``adapter`` (``adapter/``), ``rows`` (``rows/after``: its evaluation's
+per-row records), ``merged`` (``merged/``) and any file name it writes (``token_masks.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_unlearn.config_files import resolve_config
+from lit_unlearn.core.errors import ConfigError
+from lit_unlearn.stages import ENDED, stage_status
+
+ARTIFACTS = {"adapter": "adapter", "rows": "rows/after", "merged": "merged"}
+RECIPES = Path(str(files("lit_unlearn.pipelines") / "recipes"))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    configs: tuple[str, ...]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    subcommand: str = "fit"
+    kind: str | None = None  # the recipe section that applies (learn / unlearn); None: no recipe
+    needs: Mapping[str, str] = field(default_factory=dict)  # dotted key -> "<stage>:<artifact>"
+    floor: tuple[str, str, str, float] | None = None  # (stage, split, metric, factor): the guard's absolute floor
+
+
+@dataclass(frozen=True)
+class Column:
+    """A summary column: ``key`` of split ``split`` in a stage's evaluation after fit (``split`` None: a value the
+    pipeline fills itself, e.g. RTT's), headed ``label``, kept in the row as ``name`` (default: ``label``)."""
+
+    split: str | None
+    key: str
+    label: str
+    fmt: str = ".3f"
+    name: str | None = None
+
+    @property
+    def field(self) -> str:
+        return self.name or self.label
+
+
+def load_recipe(name: str | None) -> dict[str, dict[str, Any]]:
+    """A setting recipe (``lit_unlearn/pipelines/recipes/<name>.yaml``): sections by stage kind or stage name, each
+    a mapping of dotted keys to values."""
+    if name is None:
+        return {}
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no recipe {name!r} (lit_unlearn/pipelines/recipes/{name}.yaml)")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    bad = [k for k, v in recipe.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConfigError(f"{path}: section {bad[0]!r} must map dotted keys to values")
+    return recipe
+
+
+def config_value(configs: list[Path], key: str) -> tuple[bool, Any]:
+    """``(set?, value)`` of the dotted ``key`` in the composition of ``configs`` (the last file that sets it wins)."""
+    found, value = False, None
+    for config in configs:
+        node = yaml.safe_load(Path(config).read_text()) or {}
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            found, value = True, node
+    return found, value
+
+
+def flag_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+class Runner:
+    """Runs one pipeline's stages in ``out`` (module docstring)."""
+
+    def __init__(self, out: str | Path, recipe: str | None = None, flags: Mapping[str, Mapping[str, Any]] | None = None,
+                 common: Mapping[str, Any] | None = None, settings: tuple[str, ...] = (), dry_run: bool = False):
+        """
+        Args:
+            out: the run folder; each stage in ``out/<stage>``.
+            recipe: the setting recipe's name (``tofu_mini``), or None.
+            flags: values from the command line, by stage kind or stage name (the highest precedence).
+            common: command-line values every stage gets (seed, base model, the setting's size).
+            settings: configs appended to every stage (the setting: ``tofu/mini``).
+            dry_run: print what each stage would do, run nothing.
+        """
+        self.out = Path(out).resolve()
+        self.recipe, self.recipe_name = load_recipe(recipe), recipe
+        self.flags = {k: dict(v) for k, v in (flags or {}).items()}
+        self.common, self.settings, self.dry_run = dict(common or {}), tuple(settings), dry_run
+        self.records: dict[str, dict] = {}
+        self.plan: list[str] = []
+        self.t0 = time.time()
+
+    # ---- values ---------------------------------------------------------------------------------------------------
+    def config_paths(self, stage: Stage) -> list[Path]:
+        paths = [resolve_config(c) for c in (*stage.configs, *self.settings)]
+        return [Path(p) for p in paths]
+
+    def resolve(self, stage: Stage) -> dict[str, tuple[Any, str]]:
+        """Every value the runner decides for ``stage``: dotted key -> (value, source); keys the recipe or a flag
+        name but neither sets for this stage report the configs' value or the class default."""
+        layers = [("pipeline", stage.overrides)]
+        for section in (stage.kind, stage.name):
+            if section in self.recipe:
+                layers.append((f"recipe {self.recipe_name}: {section}", self.recipe[section]))
+        layers.append(("flag", self.common))
+        for section in (stage.kind, stage.name):
+            layers.append(("flag", self.flags.get(section, {})))
+        values: dict[str, tuple[Any, str]] = {}
+        for source, layer in layers:
+            for key, value in layer.items():
+                values[key] = (value, source)
+        tracked = {k for section in self.recipe.values() for k in section} | {k for f in self.flags.values() for k in f}
+        configs = self.config_paths(stage)
+        for key in sorted(tracked - set(values)):
+            found, value = config_value(configs, key)
+            values[key] = (value, "config") if found else (None, "class default")
+        return values
+
+    def args(self, stage: Stage) -> list[str]:
+        args = [stage.subcommand]
+        for path in self.config_paths(stage):
+            if not path.is_file():
+                raise ConfigError(f"no config {path}")
+            args += ["--config", str(path)]
+        args += ["--trainer.logger.init_args.save_dir", str(self.out.parent), "--trainer.logger.init_args.name",
+                 self.out.name, "--trainer.logger.init_args.version", stage.name]
+        for key, (value, source) in self.resolve(stage).items():
+            if source not in ("config", "class default"):
+                args += [f"--{key}", flag_value(value)]
+        for key, ref in stage.needs.items():
+            args += [f"--{key.split('@')[0]}", self.artifact(ref, key)]
+        if stage.floor is not None:
+            src, split, metric, factor = stage.floor
+            learned = self.records[src]["metrics"]["after"] if src in self.records else {}
+            if split in learned:
+                args += ["--guard.relative", "false", "--guard.retain_floor", str(factor * learned[split][metric])]
+        if self.action(stage) == "resume":
+            args += ["--ckpt_path", "last"]
+        return args
+
+    def artifact(self, ref: str, key: str) -> str:
+        stage, name = ref.split(":")
+        path = str(self.out / stage / ARTIFACTS.get(name, name))
+        into = key.split("@")[1] if "@" in key else None  # key@forget: the argument is {"forget": path}
+        return json.dumps({into: path}) if into else path
+
+    def action(self, stage: Stage) -> str:
+        run_dir = self.out / stage.name
+        if stage.subcommand != "fit":
+            return "reuse" if any(run_dir.glob("*.jsonl")) else "run"
+        status = stage_status(run_dir)
+        if status in ENDED:
+            return "reuse"
+        if status == "interrupted" or (status is None and (run_dir / "checkpoints" / "last.ckpt").is_file()):
+            return "resume"
+        return "run"
+
+    # ---- running --------------------------------------------------------------------------------------------------
+    def with_prerequisite(self, stage: Stage) -> tuple[Stage | None, Stage]:
+        """The stage the method of ``stage`` declares it needs first (``UnlearningMethod.prerequisite``: its config
+        in the stage's config folder, subcommand, written file and receiving key), and ``stage`` wired to its file;
+        ``(None, stage)`` for a method that needs none."""
+        from lit_unlearn.methods import METHODS
+
+        _, class_path = config_value(self.config_paths(stage), "model.class_path")
+        spec = getattr(METHODS.get(str(class_path).rsplit(".", 1)[-1]), "prerequisite", None) if class_path else None
+        if not spec:
+            return None, stage
+        run_dir = str(self.out / spec["config"])
+        overrides = {k: (run_dir if v == "{run_dir}" else v) for k, v in spec.get("overrides", {}).items()}
+        folder = str(Path(stage.configs[0]).parent)
+        pre = Stage(spec["config"], (stage.configs[0], f"{folder}/{spec['config']}"), overrides, spec["subcommand"],
+                    stage.kind, {k: v for k, v in stage.needs.items() if k.startswith("model.")})
+        wired = Stage(stage.name, stage.configs, stage.overrides, stage.subcommand, stage.kind,
+                      {**stage.needs, spec["into"]: f"{pre.name}:{spec['artifact']}"}, stage.floor)
+        return pre, wired
+
+    def run(self, stages: list[Stage]) -> dict[str, dict]:
+        """Run (reuse, resume) ``stages`` in order, each after its method's prerequisite (once per run folder);
+        returns each fit stage's metrics.json by name. Every stage's configs are found before anything runs."""
+        for stage in stages:
+            self.config_paths(stage)
+        for stage in stages:
+            pre, stage = self.with_prerequisite(stage)
+            if pre is not None and pre.name not in self.plan:
+                self.run_one(pre)
+            self.run_one(stage)
+        return self.records
+
+    def run_one(self, stage: Stage) -> None:
+        from lit_unlearn.cli import cli_main
+
+        self.plan.append(stage.name)
+        action = self.action(stage)
+        if self.dry_run:
+            print(self.describe(stage, action))
+            return
+        run_dir = self.out / stage.name
+        if action == "reuse":
+            print(f"[lit_unlearn] reusing the {stage_status(run_dir) or 'finished'} run {run_dir}")
+        else:
+            cli = cli_main(self.args(stage))
+            if cli.exit_code not in (0, 3, None):
+                raise SystemExit(cli.exit_code)
+        if stage.subcommand == "fit":
+            self.records[stage.name] = json.loads((run_dir / "metrics.json").read_text())
+
+    def describe(self, stage: Stage, action: str) -> str:
+        lines = [f"{stage.name}: {action} ({stage.subcommand})",
+                 "  configs: " + " ".join(str(p) for p in self.config_paths(stage))]
+        for key, (value, source) in self.resolve(stage).items():
+            lines.append(f"  {key} = {value!r}  ({source})")
+        for key, ref in stage.needs.items():
+            lines.append(f"  {key} <- {ref}")
+        if stage.floor is not None:
+            lines.append(f"  guard.retain_floor = {stage.floor[3]} x {stage.floor[0]}'s {stage.floor[1]}/"
+                         f"{stage.floor[2]}")
+        return "\n".join(lines)
+
+
+    def summary(self, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None, **extra) -> dict:
+        """The declared columns of every fit stage run so far, written to ``<out>/summary.json``."""
+        from lit_unlearn.cli import package_versions
+
+        summary = {"stages": {n: summarize(r, columns, per_split) for n, r in self.records.items()}, **extra,
+                   "wall_time_s": round(time.time() - self.t0, 1), "versions": package_versions()}
+        return self.write(summary)
+
+    def write(self, summary: dict) -> dict:
+        """``summary`` to ``<out>/summary.json`` (atomic; not in a dry run), its wall time brought up to date."""
+        from lit_unlearn.cli import write_json_atomic
+
+        summary["wall_time_s"] = round(time.time() - self.t0, 1)
+        if not self.dry_run:
+            write_json_atomic(self.out / "summary.json", summary)
+        return summary
+
+
+def pipeline_parser(doc: str, out: str):
+    """The flags every pipeline has: --out, --model, --seed, --mini, --dry-run, --markdown."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help=f"run folder (default {out}_run, or {out}_mini with --mini)")
+    parser.add_argument("--model", default=None, help="base model (default: the configs' SmolLM2-135M-Instruct)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mini", type=int, default=None, help="the CPU-sized setting of size N")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print every stage with its configs and resolved values, and whether it would run, be "
+                             "reused or resume; run nothing")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    return parser
+
+
+# ---- summaries ----------------------------------------------------------------------------------------------------
+def summarize(record: dict, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None) -> dict:
+    """One table row: the declared columns of the evaluation after fit; for a run the collapse guard stopped, also
+    the evaluation that tripped it; ``per_split`` (row key -> metric) collects a metric over every split (GRUN's
+    gate)."""
+    after = record["metrics"].get("after", {})
+    row = {c.field: after.get(c.split, {}).get(c.key) if c.split else None for c in columns}
+    row["status"] = record.get("status", "finished")
+    row["trainable_params"] = record["metrics"].get("trainable_params")
+    row["measured"] = record["metrics"].get("measured") or {}  # what the method measured (RMU's scale, ...)
+    for name, metric in (per_split or {}).items():
+        values = {split: v[metric] for split, v in after.items() if metric in v}
+        if values:
+            row[name] = values
+    row["wall_time_s"] = record.get("wall_time_s", {})
+    events = record["metrics"].get("collapse_events") or []
+    if events and events[-1].get("evaluation"):
+        tripped = events[-1]["evaluation"]
+        row["collapsed"] = {c.field: tripped.get(f"val/{c.split}/{c.key}") if c.split else None for c in columns}
+        row["collapsed"]["step"] = events[-1]["step"]
+    return row
+
+
+def _cell(column: Column, value, width: int = 0) -> str:
+    text = "-" if value is None else format(value, column.fmt)
+    return f"{text:>{width}}" if width else text
+
+
+def format_table(summary: dict, columns: tuple[Column, ...]) -> str:
+    """The terminal table: one line per stage, and a ``tripped`` line for a run the guard stopped."""
+    lines = [f"{'stage':<12}" + "".join(f"{c.label:>11}" for c in columns) + f"{'fit s':>8}{'eval s':>8}"]
+    for stage, row in summary["stages"].items():
+        wall = row["wall_time_s"]
+        lines.append(f"{stage:<12}" + "".join(_cell(c, row.get(c.field), 11) for c in columns)
+                     + f"{wall.get('fit', 0):>8.0f}{wall.get('eval_after', 0):>8.0f}"
+                     + ("" if row["status"] == "finished" else f"  ({row['status']})"))
+        if "collapsed" in row:
+            lines.append(f"{'  tripped':<12}" + "".join(_cell(c, row["collapsed"].get(c.field), 11) for c in columns)
+                         + f"  (step {row['collapsed']['step']}, before the guard restored the last good adapter)")
+    return "\n".join(lines)
+
+
+def format_markdown(summary: dict, columns: tuple[Column, ...], names: Mapping[str, str] | None = None) -> str:
+    """The summary as a Markdown table (docs/results): one row per stage (``names``: a stage's row title), and for a
+    run the collapse guard stopped, a row with what the collapsed model scored when the guard tripped."""
+    lines = ["| stage | " + " | ".join(c.label for c in columns) + " | fit s | eval s |",
+             "|---" * (len(columns) + 3) + "|"]
+    for stage, row in summary["stages"].items():
+        wall = row["wall_time_s"]
+        name = (names or {}).get(stage, stage)
+        name = name if row["status"] == "finished" else f"{name} ({row['status']}: restored)"
+        lines.append(f"| {name} | " + " | ".join(_cell(c, row.get(c.field)) for c in columns)
+                     + f" | {wall.get('fit', 0):.0f} | {wall.get('eval_after', 0):.0f} |")
+        if "collapsed" in row:
+            tripped = row["collapsed"]
+            lines.append(f"| {stage} at the trip (step {tripped['step']}) | "
+                         + " | ".join(_cell(c, tripped.get(c.field)) for c in columns) + " | | |")
+    return "\n".join(lines)
