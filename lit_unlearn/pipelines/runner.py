@@ -39,7 +39,7 @@ import yaml
 
 from lit_unlearn.config_files import resolve_config
 from lit_unlearn.core.errors import ConfigError
-from lit_unlearn.stages import ENDED, stage_status
+from lit_unlearn.stages import fit_action, stage_status
 
 ARTIFACTS = {"adapter": "adapter", "rows": "rows/after", "merged": "merged"}
 RECIPES = Path(str(files("lit_unlearn.pipelines") / "recipes"))
@@ -87,11 +87,16 @@ def load_recipe(name: str | None) -> dict[str, dict[str, Any]]:
     return recipe
 
 
-def config_value(configs: list[Path], key: str) -> tuple[bool, Any]:
-    """``(set?, value)`` of the dotted ``key`` in the composition of ``configs`` (the last file that sets it wins)."""
+def load_configs(configs: list[Path]) -> list[dict]:
+    """The parsed YAML of each of ``configs``, in order."""
+    return [yaml.safe_load(Path(config).read_text()) or {} for config in configs]
+
+
+def config_value(docs: list[dict], key: str) -> tuple[bool, Any]:
+    """``(set?, value)`` of the dotted ``key`` in the composition of the parsed configs ``docs`` (the last one that
+    sets it wins)."""
     found, value = False, None
-    for config in configs:
-        node = yaml.safe_load(Path(config).read_text()) or {}
+    for node in docs:
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 break
@@ -147,9 +152,9 @@ class Runner:
             for key, value in layer.items():
                 values[key] = (value, source)
         tracked = {k for section in self.recipe.values() for k in section} | {k for f in self.flags.values() for k in f}
-        configs = self.config_paths(stage)
+        docs = load_configs(self.config_paths(stage))
         for key in sorted(tracked - set(values)):
-            found, value = config_value(configs, key)
+            found, value = config_value(docs, key)
             values[key] = (value, "config") if found else (None, "class default")
         return values
 
@@ -185,12 +190,7 @@ class Runner:
         run_dir = self.out / stage.name
         if stage.subcommand != "fit":
             return "reuse" if any(run_dir.glob("*.jsonl")) else "run"
-        status = stage_status(run_dir)
-        if status in ENDED:
-            return "reuse"
-        if status == "interrupted" or (status is None and (run_dir / "checkpoints" / "last.ckpt").is_file()):
-            return "resume"
-        return "run"
+        return fit_action(run_dir)
 
     # ---- running --------------------------------------------------------------------------------------------------
     def with_prerequisite(self, stage: Stage) -> tuple[Stage | None, Stage]:
@@ -199,7 +199,7 @@ class Runner:
         ``(None, stage)`` for a method that needs none."""
         from lit_unlearn.methods import METHODS
 
-        _, class_path = config_value(self.config_paths(stage), "model.class_path")
+        _, class_path = config_value(load_configs(self.config_paths(stage)), "model.class_path")
         spec = getattr(METHODS.get(str(class_path).rsplit(".", 1)[-1]), "prerequisite", None) if class_path else None
         if not spec:
             return None, stage
@@ -254,14 +254,13 @@ class Runner:
                          f"{stage.floor[2]}")
         return "\n".join(lines)
 
-
     def summary(self, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None, **extra) -> dict:
         """The declared columns of every fit stage run so far, written to ``<out>/summary.json``."""
         from lit_unlearn.cli import package_versions
 
         summary = {"stages": {n: summarize(r, columns, per_split) for n, r in self.records.items()}, **extra,
-                   "wall_time_s": round(time.time() - self.t0, 1), "versions": package_versions()}
-        return self.write(summary)
+                   "versions": package_versions()}
+        return self.write(summary)  # adds the wall time
 
     def write(self, summary: dict) -> dict:
         """``summary`` to ``<out>/summary.json`` (atomic; not in a dry run), its wall time brought up to date."""
