@@ -1,7 +1,7 @@
 """``lit-unlearn`` (console script) and ``python -m lit_unlearn``: one command for runs and pipelines, from any
 directory.
 
-    lit-unlearn fit --config tofu/base --config tofu/npo_gd      # train.py fit: a config by name or by path
+    lit-unlearn fit --config tofu/base --config methods/npo     # train.py fit: a config by name or by path
     lit-unlearn eval --config <run>/config.yaml --ckpt_path <run>/checkpoints/last.ckpt    # eval.py
     lit-unlearn run tofu --mini 40 --methods npo_gd             # a pipeline (python -m lit_unlearn.tofu ...)
     lit-unlearn run tofu --mini 40 --dry-run                    # each stage, its resolved values, run / reuse / resume
@@ -68,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_pipeline_main(module: str, argv: list[str]) -> int:
     """A pipeline module's ``main(argv)``; its SystemExit (an exit code or a one-line error) becomes the return."""
+    return call_main(import_module(module).main, argv)
+
+
+def call_main(main_function, argv: list[str] | None) -> int:
+    """``main_function(argv)`` with the exit-code table: a SystemExit's code (a message: printed, 2), an error of
+    ours one line and 2, anything else raised."""
     from lit_unlearn.cli import our_error
 
     try:
-        import_module(module).main(argv)
+        main_function(argv)
     except SystemExit as stop:
         if isinstance(stop.code, str):
             print(stop.code, file=sys.stderr)
@@ -84,6 +90,11 @@ def run_pipeline_main(module: str, argv: list[str]) -> int:
         print(f"lit_unlearn: error: {ours}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_module(main_function) -> None:
+    """The ``if __name__ == "__main__"`` of a pipeline module: its ``main`` on ``sys.argv``, exiting with its code."""
+    sys.exit(call_main(main_function, sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,47 @@ def _choices(key: str) -> str:
     return ", ".join([*METHODS, *stages])
 
 
+#: the trainer flags an evaluation uses (every other trainer flag, and the fit-only groups, are hidden from
+#: ``eval.py --help``; they still parse, so a fit's saved config.yaml evaluates as it is)
+EVAL_TRAINER_FLAGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "logger", "callbacks",
+                      "limit_val_batches", "limit_test_batches", "enable_progress_bar", "default_root_dir",
+                      "inference_mode", "deterministic", "profiler", "plugins")
+FIT_ONLY = ("guard", "checkpoint", "eval_before", "export_merged", "overwrite", "optimizer", "lr_scheduler")
+
+
+def hide_fit_flags(parser) -> None:
+    """Hide from ``parser``'s help the flags only ``fit`` reads (``eval.py --help`` lists evaluation flags)."""
+    import argparse
+
+    def hidden(dest: str) -> bool:
+        head, _, rest = dest.partition(".")
+        return head in FIT_ONLY or (head == "trainer" and rest and rest.split(".")[0] not in EVAL_TRAINER_FLAGS)
+
+    for action in parser._actions:
+        if hidden(action.dest):
+            action.help = argparse.SUPPRESS
+    for group in parser._action_groups:
+        for field in ("title", "description"):
+            if str(getattr(group, field, "") or "").startswith("Customize every aspect of training"):
+                setattr(group, field, "The trainer flags an evaluation uses (fit's others parse and are ignored)")
+    parser.description = ("Evaluate a model, a saved adapter or a run on every split of its data module: the "
+                          "evaluators' metrics, metrics.json / eval_metrics.json and per-row records.")
+
+
+def run_name(configs: list[str]) -> str | None:
+    """A run's default version: the file name of the last of ``configs`` that sets ``model.class_path`` (the method
+    file); None when none does (the logger numbers its runs)."""
+    import yaml
+
+    name = None
+    for config in configs:
+        path = Path(config)
+        doc = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if isinstance(doc, dict) and isinstance(doc.get("model"), dict) and "class_path" in doc["model"]:
+            name = path.stem
+    return name
+
+
 def one_line(message: str) -> str:
     """jsonargparse's multi-line parse error as the one sentence that matters, with the valid names where it knows
     them: an unknown class lists the classes of its kind, an unknown argument names the class it is not one of."""
@@ -195,10 +236,21 @@ class UnlearnCLI(LightningCLI):
                             help="let fit replace a run already in its directory (otherwise that is refused)")
 
 
+    def before_instantiate_classes(self) -> None:
+        # the logger block lives in each benchmark's base config; a run's version (its folder) defaults to the name
+        # of the last config that picks the method (``--config tofu/base --config methods/npo`` -> checkpoints/tofu/npo)
+        sub = self.config.get(self.subcommand) if self.subcommand else self.config
+        logger = sub.get("trainer", {}).get("logger") if sub is not None else None
+        init_args = getattr(logger, "init_args", None)
+        name = run_name([str(c) for c in (sub.get("config") or [])]) if sub is not None else None
+        if name and init_args is not None and "version" in init_args and init_args.get("version") is None:
+            init_args["version"] = name
+
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in ("validate", "test"):  # the evaluation prints our table; Lightning's box would repeat it
             parser.set_defaults({"verbose": False})
+            hide_fit_flags(parser)
         return parser
 
     def instantiate_trainer(self, **kwargs):

@@ -6,8 +6,12 @@ checkout a link to ``configs/``, in an installed wheel a copy of it, declared as
 installed and from any working directory.
 
 ``--config`` takes a path to a YAML file, or the name of a shipped config: its path under ``configs/`` without
-``.yaml`` (``tofu/npo_gd``, ``deeb_roger/base``); :func:`expand_config_args` rewrites the names to paths before the
+``.yaml`` (``tofu/npo``, ``deeb_roger/base``); :func:`expand_config_args` rewrites the names to paths before the
 CLI reads them.
+
+A method's class and defaults live in one file, ``configs/methods/<method>.yaml``; a benchmark's folder keeps a
+file of that name only for values specific to the benchmark (a corpus, a batch size, an alias such as
+``deeb_roger/gd`` for GradDiff on the year tokens). :func:`method_configs` composes them.
 """
 
 from __future__ import annotations
@@ -62,3 +66,29 @@ def expand_config_args(args: list[str]) -> list[str]:
         out.append(arg)
         i += 1
     return out
+
+
+def method_class_of(path: Path) -> str | None:
+    """The ``model.class_path`` a config file sets (its last dotted part), or None."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return str(model["class_path"]).rsplit(".", 1)[-1] if isinstance(model, dict) and model.get("class_path") else None
+
+
+def method_configs(benchmark: str, method: str) -> tuple[str, ...]:
+    """The configs of ``method`` on ``benchmark``, in the order they compose: the class's own file of
+    ``configs/methods/`` (the shortest-named one of that class: ``npo`` for NPO), the variant's overlay there
+    (``methods/npo_kl``), then the benchmark's file of that name if it has one (its specific values)."""
+    names = set(shipped_configs())
+    own, local = f"methods/{method}", f"{benchmark}/{method}"
+    found = [n for n in (own, local) if n in names]
+    if not found:
+        listed = sorted({n.split("/")[1] for n in names if n.startswith(("methods/", f"{benchmark}/"))})
+        raise ConfigError(f"--methods {method}: no configs/methods/{method}.yaml or configs/{benchmark}/{method}.yaml "
+                          f"(configs: {', '.join(listed)})")
+    cls = method_class_of(config_root() / f"{found[0]}.yaml")
+    family = sorted((n for n in names if n.startswith("methods/")
+                     and method_class_of(config_root() / f"{n}.yaml") == cls), key=lambda n: (len(n), n))
+    return tuple(dict.fromkeys([*family[:1], *found]))

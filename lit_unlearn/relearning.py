@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown as markdown, pipeline_parser
-from lit_unlearn.rtt import RTTError, add_attack_args, parse_floats, run_rtt
+from lit_unlearn.config_files import method_configs
+from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown as markdown, given, pipeline_parser
+from lit_unlearn.rtt import add_attack_args, parse_floats, run_rtt
 
 RECIPE = "deeb_roger_mini"
 COLUMNS = (Column("forget_mcq", "mcq_acc", "forget acc", name="forget"),
@@ -38,7 +39,7 @@ COLUMNS = (Column("forget_mcq", "mcq_acc", "forget acc", name="forget"),
 
 def stages(methods: list[str]) -> list[Stage]:
     return [Stage("learn", ("deeb_roger/base", "deeb_roger/learn"), kind="learn"),
-            *(Stage(m, ("deeb_roger/base", f"deeb_roger/{m}"), {"eval_before": False}, kind="unlearn",
+            *(Stage(m, ("deeb_roger/base", *method_configs("deeb_roger", m)), {"eval_before": False}, kind="unlearn",
                     needs={"model.init_args.init_adapter": "learn:adapter"},
                     floor=("learn", "retain_mcq", "mcq_acc", 0.5)) for m in methods)]
 
@@ -48,10 +49,9 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
                  unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0,
                  control: bool = True, dry_run: bool = False) -> dict:
     """The stages (module docstring), then RTT on each model; returns the summary."""
-    flags = {"unlearn": {k: v for k, v in (("model.init_args.lr", unlearn_lr), ("trainer.max_epochs", unlearn_epochs))
-                         if v is not None}}
-    common = {"seed_everything": seed, **({"model.init_args.model": model} if model else {}),
-              **({"data.init_args.questions_per_split": mini} if mini else {})}
+    flags = {"unlearn": given({"model.init_args.lr": unlearn_lr, "trainer.max_epochs": unlearn_epochs})}
+    common = {"seed_everything": seed, **given({"model.init_args.model": model,
+                                                "data.init_args.questions_per_split": mini or None})}
     runner = Runner(out, RECIPE if mini else None, flags, common, ("deeb_roger/mini",) if mini else (), dry_run)
     records = runner.run(stages(methods))
     if dry_run:
@@ -60,7 +60,7 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
     learned = records["learn"]["metrics"]["after"]["forget_mcq"]["mcq_acc"]
     learn_adapter = str(runner.out / "learn" / "adapter")
     for name in (["learn"] if control else []) + methods:
-        adapters = [learn_adapter] + ([str(runner.out / name / "adapter")] if name != "learn" else [])
+        adapters = [learn_adapter, *([str(runner.out / name / "adapter")] if name != "learn" else [])]
         best = run_rtt(adapters, runner.out / f"rtt_{name}", model, rtt_lrs, rtt_epochs, n_folds, mini=mini,
                        seed=seed)["overall"]
         summary["stages"][name].update(rtt_best=best["best"], rtt_retain=best["retain_at_best"],
@@ -74,24 +74,20 @@ def format_markdown(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = pipeline_parser(__doc__, "checkpoints/deeb_roger")
-    parser.add_argument("--methods", default="gd,ria,rmu,npo", help="comma-separated configs of configs/deeb_roger/")
-    parser.add_argument("--unlearn-lr", type=float, default=None)
-    parser.add_argument("--unlearn-epochs", type=int, default=None)
+    parser = pipeline_parser(__doc__, "checkpoints/deeb_roger", "gd,ria,rmu,npo", kinds=("unlearn",))
     parser.add_argument("--no-control", action="store_true", help="skip RTT on the learned model")
     add_attack_args(parser)
     args = parser.parse_args(argv)
     out = args.out or ("checkpoints/deeb_roger_mini" if args.mini else "checkpoints/deeb_roger_run")
-    try:
-        summary = run_pipeline([m for m in args.methods.split(",") if m], out, args.mini, args.model,
-                               parse_floats(args.rtt_lrs, "--rtt-lrs"), args.rtt_epochs, args.folds,
-                               args.unlearn_lr, args.unlearn_epochs, args.seed, not args.no_control, args.dry_run)
-    except RTTError as err:
-        raise SystemExit(f"lit_unlearn.relearning: error: {err}") from None
+    summary = run_pipeline([m for m in args.methods.split(",") if m], out, args.mini, args.model,
+                           parse_floats(args.rtt_lrs, "--rtt-lrs"), args.rtt_epochs, args.folds, args.unlearn_lr,
+                           args.unlearn_epochs, args.seed, not args.no_control, args.dry_run)
     if not args.dry_run:
         print("\n" + format_markdown(summary) + f"\n[lit_unlearn] relearning: {Path(out) / 'summary.json'}")
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    from lit_unlearn.__main__ import run_module
+
+    run_module(main)

@@ -238,4 +238,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from lit_unlearn.__main__ import run_module
+
+    run_module(main)

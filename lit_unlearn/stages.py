@@ -1,14 +1,13 @@
-"""Running one ``train.py fit`` stage in its own run directory ``<out>/<stage>``, reused when it already ended and
-resumed from its last checkpoint when it was stopped: the rule (:func:`fit_action`) the pipeline runner
-(``lit_unlearn.pipelines.runner``) uses too, and the drivers not yet on it (classification, RapidUn, the RTT
-sweep)."""
+"""A ``train.py fit`` stage in its own run directory ``<out>/<stage>``, reused when it already ended and resumed from
+its last checkpoint when it was stopped: the rule (:func:`fit_action`) of the pipeline runner
+(``lit_unlearn.pipelines.runner``) and of the RTT sweep's sub-runs (``lit_unlearn.rtt``), which run in parallel
+processes and build their arguments with :func:`stage_args`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from lit_unlearn.cli import cli_main
 
 #: how a run that ended recorded its end in metrics.json (a run without one was interrupted or killed)
 ENDED = ("finished", "collapsed", "diverged")
@@ -44,16 +43,3 @@ def stage_args(configs: list[Path], out: Path, stage: str, extra: list[str]) -> 
     if fit_action(out / stage) == "resume":
         args += ["--ckpt_path", "last"]
     return args
-
-
-def run_stage(configs: list[Path], out: Path, stage: str, extra: list[str]) -> dict:
-    """Run (or reuse, or resume) one stage in this process; returns its metrics.json. A run the collapse guard
-    stopped (exit 3) counts as done: its restored adapter is the stage's result, and metrics.json says so."""
-    run_dir = out / stage
-    if fit_action(run_dir) == "reuse":
-        print(f"[lit_unlearn] reusing the {stage_status(run_dir)} run {run_dir}")
-        return json.loads((run_dir / "metrics.json").read_text())
-    cli = cli_main(stage_args(configs, out, stage, extra))
-    if cli.exit_code not in (0, 3):
-        raise SystemExit(cli.exit_code)
-    return json.loads((run_dir / "metrics.json").read_text())

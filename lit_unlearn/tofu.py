@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lit_unlearn.config_files import config_dir
-from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown, format_table, pipeline_parser
+from lit_unlearn.config_files import method_configs
+from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown, format_table, given, pipeline_parser
 
-CONFIG_DIR = config_dir("tofu")
 RECIPE = "tofu_mini"
 COLUMNS = (Column("tofu", "forget_quality", "FQ", ".3g"), Column("tofu", "model_utility", "MU"),
            Column("forget", "prob", "f.prob"), Column("forget", "rouge", "f.ROUGE"),
@@ -31,7 +30,7 @@ PER_SPLIT = {"gate": "gate_mean"}  # GRUN: the mean gate value per split (open o
 
 def stages(methods: list[str]) -> list[Stage]:
     reference = {"data.init_args.reference": "retain:rows"}
-    unlearn = [Stage(m, ("tofu/base", f"tofu/{m}"), {"eval_before": False}, kind="unlearn",
+    unlearn = [Stage(m, ("tofu/base", *method_configs("tofu", m)), {"eval_before": False}, kind="unlearn",
                      needs={**reference, "model.init_args.init_adapter": "finetune:adapter"},
                      floor=("finetune", "retain_eval", "prob", 0.5)) for m in methods]
     return [Stage("retain", ("tofu/base", "tofu/retain"), {"eval_before": False}, kind="learn"),
@@ -42,10 +41,9 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
                  model: str | None = None, learn_lr: float | None = None, learn_epochs: int | None = None,
                  unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0,
                  dry_run: bool = False) -> dict:
-    flags = {kind: {k: v for k, v in (("model.init_args.lr", lr), ("trainer.max_epochs", ep)) if v is not None}
-             for kind, lr, ep in (("learn", learn_lr, learn_epochs), ("unlearn", unlearn_lr, unlearn_epochs))}
-    common = {"seed_everything": seed, **({"model.init_args.model": model} if model else {}),
-              **({"data.init_args.mini": mini} if mini is not None else {})}
+    flags = {kind: given({"model.init_args.lr": lr, "trainer.max_epochs": epochs})
+             for kind, lr, epochs in (("learn", learn_lr, learn_epochs), ("unlearn", unlearn_lr, unlearn_epochs))}
+    common = {"seed_everything": seed, **given({"model.init_args.model": model, "data.init_args.mini": mini})}
     runner = Runner(out, RECIPE if mini is not None else None, flags, common,
                     ("tofu/mini",) if mini is not None else (), dry_run)
     runner.run(stages(methods))
@@ -57,11 +55,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = pipeline_parser(__doc__, "checkpoints/tofu")
-    parser.add_argument("--methods", default="npo_gd", help="comma-separated unlearning configs of configs/tofu/")
-    for kind in ("learn", "unlearn"):
-        parser.add_argument(f"--{kind}-lr", type=float, default=None, help=f"lr of the {kind} stages")
-        parser.add_argument(f"--{kind}-epochs", type=int, default=None, help=f"epochs of the {kind} stages")
+    parser = pipeline_parser(__doc__, "checkpoints/tofu", "npo_gd", kinds=("learn", "unlearn"))
     args = parser.parse_args(argv)
     out = args.out or ("checkpoints/tofu_mini" if args.mini else "checkpoints/tofu_run")
     summary = run_pipeline([m for m in args.methods.split(",") if m], out, args.mini, args.model, args.learn_lr,
@@ -73,4 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from lit_unlearn.__main__ import run_module
+
+    run_module(main)

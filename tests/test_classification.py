@@ -426,7 +426,8 @@ def test_yelp_hub_ids_read_the_mirror_and_the_retain_proxy(tiny_model_dir):
 # ---- the pipeline, every config at smoke size -----------------------------------------------------------------------------
 @pytest.mark.parametrize("dataset", ["sst2", "yelp"])
 def test_the_classification_pipeline_runs_every_config(dataset, tiny_model_dir, tmp_path, monkeypatch):
-    from lit_unlearn.classification import METHODS, format_markdown, run_pipeline
+    from lit_unlearn.classification import COLUMNS, METHODS, run_pipeline
+    from lit_unlearn.pipelines.runner import format_markdown
 
     monkeypatch.chdir(REPO_ROOT)
     words = ["negative", "positive"]
@@ -444,11 +445,19 @@ def test_the_classification_pipeline_runs_every_config(dataset, tiny_model_dir, 
                            extra=extra, prefix_steps=3)
     stages = [s for m in METHODS for s in ([m, f"{m}_trained"] if m.startswith("pi_prefix") else [m])]
     assert list(summary["stages"]) == ["classifier", *stages]
+    splits = ("train_forget", "train_retain", "test_forget", "test_retain")
     for stage, row in summary["stages"].items():
         assert row["status"] == "finished", stage
-        assert set(row["splits"]) == {"train_forget", "train_retain", "test_forget", "test_retain"}, stage
-        for values in row["splits"].values():
-            assert 0 <= values["label_acc"] <= 1 and values["time_s"] >= 0
+        for split in splits:
+            assert 0 <= row[f"{split} acc"] <= 1 and 0 <= row[f"{split} F1"] <= 1, (stage, split)
+    # the same values as the hand-written driver this declaration replaced gave on this tiny setting (issue 21)
+    pinned = json.loads((Path(__file__).parent / "pinned" / "classification_tiny_summary.json").read_text())[dataset]
+    assert set(pinned) == set(summary["stages"])
+    for stage, values in pinned.items():
+        for split, old in values.items():
+            row = summary["stages"][stage]
+            assert (row[f"{split} acc"], row[f"{split} F1"]) == pytest.approx(
+                (old["label_acc"], old["label_f1"]), abs=1e-6), (stage, split)
     run = tmp_path / "run"
     assert (run / "classifier" / "merged" / "config.json").is_file()  # the target: a transformers directory
     # the collapse guard's floor comes from the target's evaluation (no evaluation before each unlearning fit);
@@ -466,7 +475,7 @@ def test_the_classification_pipeline_runs_every_config(dataset, tiny_model_dir, 
     assert json.loads((run / "pi_prefix" / "metrics.json").read_text())["metrics"]["global_step"] == 3
     trained = json.loads((run / "pi_prefix_trained" / "eval_metrics.json").read_text())
     assert "adapter_trained" in json.dumps(trained["config"]["model"]["init_args"]["init_adapter"])
-    assert summary["stages"]["pi_prefix_trained"]["splits"]["train_forget"]["label_acc"] is not None
-    table = format_markdown(summary)
+    assert summary["stages"]["pi_prefix_trained"]["train_forget acc"] is not None
+    table = format_markdown(summary, COLUMNS)
     assert table.count("\n") == len(stages) + 2 and "| pi_prefix_relabel_trained |" in table
-    assert (run / "classification_summary.json").is_file()
+    assert (run / "summary.json").is_file()

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import FORGET_ROWS, REPO_ROOT, RETAIN_ROWS, write_jsonl
 from lit_unlearn.cli import UnlearnCLI, cli_main, eval_main
+from lit_unlearn.config_files import expand_config_args, method_configs
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.methods import NPO, GradDiff, UnlearningMethod
 
@@ -39,8 +40,11 @@ def config_command(config: Path) -> list[str]:
     assert lines[0].startswith("# python "), f"{config.name} should open with the command that runs it"
     command = next((line for line in lines if line.startswith("#") and "python train.py " in line), None)
     assert command, f"{config.name}'s header names no train.py command"
+    if command.endswith("\\"):  # continued on the next comment line
+        command = command[:-1] + lines[lines.index(command) + 1][1:]
     args = shlex.split(command.split("python train.py ", 1)[1])
-    assert str(config.relative_to(REPO_ROOT)) in args, f"{config.name}'s command does not use {config.name}"
+    args = expand_config_args(args)  # shipped names (tofu/base) to their files
+    assert str(config.resolve()) in {str(Path(a).resolve()) for a in args}, f"{config.name}'s command does not use it"
     return args
 
 
@@ -66,22 +70,30 @@ def test_every_config_parses_without_loading_a_model(config, no_run, monkeypatch
 
 
 @pytest.mark.parametrize(("config", "flags", "expected"), [
-    ("tofu/simnpo.yaml", [], {"forget_weight": 0.125, "beta": 4.5, "retain": "nll", "retain_weight": 1.0}),
-    ("tofu/npo.yaml", [], {"beta": 0.1, "retain": "nll", "retain_weight": 1.0}),
-    ("tofu/tnpo.yaml", [], {"beta": 4.5, "retain": "none"}),
-    ("tofu/grun.yaml", ["--model.init_args.loss", "grad_diff"], {"retain_weight": 2.0, "gate_weight": 10.0}),
-    ("tofu/grun.yaml", [], {"retain_weight": 1.0, "npo_weight": 100.0}),
-    ("deeb_roger/grun_rmu.yaml", [], {"rmu_layer": -2, "steering_scale": "corpus", "gate_weight": 100.0}),
-    ("deeb_roger/rmu.yaml", [], {"steering_scale": "corpus", "positions": "text"}),
+    ("tofu/simnpo", [], {"forget_weight": 0.125, "beta": 4.5, "retain": "nll", "retain_weight": 1.0}),
+    ("tofu/npo", [], {"beta": 0.1, "retain": "nll", "retain_weight": 1.0}),
+    ("tofu/npo_gd", [], {"beta": 0.1, "retain": "nll", "retain_weight": 1.0}),
+    ("tofu/npo_kl", [], {"beta": 0.1, "retain": "kl"}),
+    ("tofu/tnpo", [], {"beta": 4.5, "retain": "none"}),
+    ("tofu/grun", ["--model.init_args.loss", "grad_diff"], {"retain_weight": 2.0, "gate_weight": 10.0}),
+    ("tofu/grun", [], {"retain_weight": 1.0, "npo_weight": 100.0, "lr": 4e-3}),
+    ("tofu/rmu", [], {"alpha": 1200.0, "steering": 4.0, "lr": 1e-4}),
+    ("deeb_roger/grun_rmu", [], {"rmu_layer": -2, "steering_scale": "corpus", "gate_weight": 100.0, "lr": 4e-3}),
+    ("deeb_roger/rmu", [], {"steering_scale": "corpus", "positions": "text", "alpha": 100.0, "lr": 1e-3}),
+    ("sst2/pi_prefix_relabel", [], {"variant": "relabel", "lr": 5e-4}),
+    ("rapidun/fallback", [], {"weighting": "loss"}),
 ])
 def test_the_originals_defaults_reach_the_cli(config, flags, expected, no_run, monkeypatch):
     """A method's own defaults survive LightningCLI, which passes every init_arg explicitly (a default set inside
-    __init__ with kwargs.setdefault never did: GRUN's grad_diff retain weight of 2 came out as 1)."""
+    __init__ with kwargs.setdefault never did: GRUN's grad_diff retain weight of 2 came out as 1), and the method
+    file (configs/methods/) composes with the benchmark's file of the same name as the pipelines compose them."""
     monkeypatch.chdir(REPO_ROOT)
-    base = REPO_ROOT / "configs" / config.split("/")[0] / "base.yaml"
-    cli = cli_main(["fit", "--config", str(base), "--config", str(REPO_ROOT / "configs" / config), *flags])
+    benchmark, method = config.split("/")
+    configs = [f"{benchmark}/base", *method_configs(benchmark, method)]
+    cli = cli_main(expand_config_args(["fit", *(a for c in configs for a in ("--config", c)), *flags]))
     got = {k: getattr(cli.model, k) for k in expected}
     assert got == expected
+    assert cli.config.fit.trainer.logger.init_args.version == Path(configs[-1]).name  # the run's folder
 
 
 # ---- a tiny fit, run once for this module ------------------------------------------------------------------------------
@@ -336,3 +348,20 @@ def test_eval_in_the_run_directory_keeps_the_fit_config(fit_run):
     assert (run_dir / "eval_config.yaml").is_file()
     record = json.loads((run_dir / "eval_metrics.json").read_text())
     assert record["subcommand"] == "validate" and set(record["metrics"]["eval"]) == set(SPLITS)
+
+
+def test_eval_help_lists_evaluation_flags_only_and_fit_help_keeps_them(capsys):
+    from lit_unlearn.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"], evaluate=True)
+    shown = capsys.readouterr().out
+    assert "--ckpt_path" in shown and "--trainer.devices" in shown and "--model" in shown
+    for fit_only in ("--guard.retain_floor", "--checkpoint.save_last", "--eval_before", "--export_merged",
+                     "--trainer.max_epochs", "--trainer.gradient_clip_val", "--optimizer"):
+        assert fit_only not in shown, fit_only
+    assert len(shown.splitlines()) < 400
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    fit = capsys.readouterr().out
+    assert "--guard.retain_floor" in fit and "--trainer.max_epochs" in fit and "--export_merged" in fit

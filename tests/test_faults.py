@@ -132,7 +132,7 @@ def test_every_shipped_unlearning_config_carries_a_relative_retain_floor(monkeyp
         cli = cli_main(args)
         guard = cli.config.fit.guard
         name = type(cli.model).__name__
-        if "configs/rapidun/" in str(path):
+        if any(a.endswith("rapidun/base.yaml") for a in args):  # RapidUn on its own benchmark
             assert not guard.enabled, path  # perplexity, not accuracy, on retain: no floor to set (docs/influence.md)
             continue
         assert guard.enabled and guard.check_finite, path

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -184,7 +185,8 @@ def test_a_weights_file_that_does_not_match_the_forget_set_is_refused(tiny_model
 
 
 def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp_path, monkeypatch):
-    from lit_unlearn.rapidun import METHODS, format_markdown, run_pipeline
+    from lit_unlearn.pipelines.runner import format_markdown
+    from lit_unlearn.rapidun import COLUMNS, METHODS, run_pipeline
 
     monkeypatch.chdir(REPO_ROOT)
     extra = ["--data.init_args.forget", backdoor_files["forget"], "--data.init_args.retain", backdoor_files["retain"],
@@ -208,11 +210,29 @@ def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp
     assert list(summary["stages"]) == ["poisoned", *METHODS]
     for name, row in summary["stages"].items():
         assert row["status"] == "finished", name
-        assert 0 <= row["values"]["forget/trigger_seen"] <= 1 and row["values"]["val_clean/ppl"] > 1, name
-        assert 0 <= row["values"]["heldout_poisoned/trigger_generated"] <= 1, name
+        assert 0 <= row["forget/trigger_seen"] <= 1 and row["val_clean/ppl"] > 1, name
+        assert 0 <= row["heldout_poisoned/trigger_generated"] <= 1, name
     assert set(summary["reference_weights"]) == {"forget", "retain"}
     assert summary["reference_weights"]["forget"]["rows"] == 6
-    assert format_markdown(summary).count("\n") == len(METHODS) + 2
+    assert format_markdown(summary, COLUMNS).count("\n") == len(METHODS) + 2
+    # the same values as the hand-written driver this declaration replaced gave on this tiny setting (issue 21)
+    pinned = json.loads((Path(__file__).parent / "pinned" / "rapidun_tiny_summary.json").read_text())
+    for name, values in pinned["stages"].items():
+        for key, value in values.items():
+            assert summary["stages"][name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
+    for side, ref in pinned["reference_weights"].items():
+        assert summary["reference_weights"][side]["spearman"] == pytest.approx(ref["spearman"], abs=1e-6), side
+    for view, stats in pinned["views"].items():
+        assert info["views"][view] == pytest.approx(stats, rel=1e-5), view
+    # RapidUn's class declares the influence stage and receives both weights files; the fallback (loss weights)
+    # and GradDiff get none
+    import yaml
+
+    def weights(stage: str):
+        return yaml.safe_load((run / stage / "config.yaml").read_text())["data"]["init_args"]["weights"]
+
+    assert weights("rapidun") == {side: str(run / "influence" / f"{side}_weights.jsonl") for side in ("forget", "retain")}
+    assert weights("fallback") is None and weights("graddiff") is None
 
 
 def test_the_influence_stage_under_ddp_equals_one_process(tiny_model_dir, backdoor_files, tmp_path):

@@ -16,6 +16,8 @@ Non-finite influences are refused, naming the view.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 
 import torch
@@ -61,3 +63,23 @@ def loss_weights(losses: Tensor, tau: float = 0.8, w_min: float = 0.5, w_max: fl
     med = l.median() if l.numel() % 2 else l.quantile(0.5)
     w = torch.exp((l - med) / tau)
     return (w / w.mean()).clamp(w_min, w_max).float()
+
+
+def compare_weight_files(ours: Path, reference: Path) -> dict:
+    """Spearman rank correlation per side (``forget`` / ``retain``) between the weights files of two folders
+    (``<side>_weights.jsonl`` rows ``{"index", "weight"}``), joined on the row ``index``: our weights against a
+    reference implementation's (RapidIn's)."""
+    import json
+
+    from scipy.stats import spearmanr
+
+    def read(path: Path) -> dict:
+        return {r["index"]: r["weight"] for r in map(json.loads, path.read_text().splitlines()) if r}
+
+    out = {}
+    for side in ("forget", "retain"):
+        mine, ref = read(Path(ours) / f"{side}_weights.jsonl"), read(Path(reference) / f"{side}_weights.jsonl")
+        common = sorted(set(mine) & set(ref))
+        rho = float(spearmanr([mine[i] for i in common], [ref[i] for i in common]).statistic) if common else None
+        out[side] = {"rows": len(common), "spearman": rho}
+    return out

@@ -47,11 +47,21 @@ class UnlearningMethod(L.LightningModule):
 
     #: whether the method's loss needs the reference model (the base with the adapter disabled)
     needs_reference: ClassVar[bool] = False
-    #: a stage the method needs run before it (e.g. TNPO's token selection), for the pipeline runner: ``config`` (a
-    #: config name in the benchmark's folder), ``subcommand``, ``artifact`` (the file it writes in its run folder),
-    #: ``into`` (the dotted key that receives the file; ``key@name`` passes ``{"name": file}``) and ``overrides``
-    #: (``"{run_dir}"`` is its run folder); None: none
+    #: a stage the method needs run before it (TNPO's token selection, RapidUn's influence), for the pipeline runner:
+    #: ``config`` (a config name in the benchmark's folder), ``subcommand``, ``into`` (dotted key -> the file of its
+    #: run folder that key receives; ``key@name`` passes ``{"name": file}``, several names of one key gathered) and
+    #: ``overrides`` (``"{run_dir}"`` is its run folder); None: none
     prerequisite: ClassVar[dict | None] = None
+    #: an evaluation the pipeline runner runs right after the method's stage (PI-Prefix's trained reading):
+    #: ``suffix`` of its run folder's name, ``overrides`` of the stage's saved config (``{run_dir}``: the stage's
+    #: folder); None: none
+    follow_up: ClassVar[dict | None] = None
+
+    @classmethod
+    def prerequisite_for(cls, init_args: dict) -> dict | None:
+        """The :attr:`prerequisite` of a stage configured with ``init_args`` (a method may need it only in some
+        settings: RapidUn only with influence weights)."""
+        return cls.prerequisite
     #: the retain term when the config leaves ``retain`` null
     default_retain: ClassVar[Retain] = "nll"
     #: the adapter classes (by name) the method works with; None: any adapter (the contract suite runs them all)

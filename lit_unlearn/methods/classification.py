@@ -124,6 +124,10 @@ class PIPrefix(RandomLabel):
 
     default_retain = "none"
     adapter_types = ("Prefix",)
+    #: the trained (untransformed) reading, evaluated by the pipeline runner after the stage in ``<stage>_trained``:
+    #: the exported ``adapter_trained/`` stacked frozen on the target, no new adapter (what the original scores)
+    follow_up = {"suffix": "_trained", "overrides": {"model.init_args.adapter": None,
+                                                     "model.init_args.init_adapter": "{run_dir}/adapter_trained"}}
 
     def __init__(self, *args, variant: Literal["forget_only", "relabel"] = "forget_only",
                  reading: Literal["pinv", "trained"] = "pinv", **kwargs):

@@ -38,6 +38,17 @@ class RapidUn(UnlearningMethod):
     """Influence-weighted ascent on poisoned / descent on clean responses (module docstring)."""
 
     default_retain = "nll"
+    #: the influence stage (RapidIn + the weights; configs/<benchmark>/influence.yaml), run first by the pipeline
+    #: runner on the model it unlearns from when the weighting is ``batch`` (the fallback needs none); its two
+    #: weights files reach this stage as ``--data.init_args.weights '{"forget": ..., "retain": ...}'``
+    prerequisite = {"config": "influence", "subcommand": "predict",
+                    "into": {"data.init_args.weights@forget": "forget_weights.jsonl",
+                             "data.init_args.weights@retain": "retain_weights.jsonl"},
+                    "overrides": {"trainer.callbacks.init_args.out_dir": "{run_dir}"}}
+
+    @classmethod
+    def prerequisite_for(cls, init_args: dict) -> dict | None:
+        return cls.prerequisite if init_args.get("weighting", "batch") == "batch" else None
 
     def __init__(self, *args, ascent_alpha: float = 1.0, descent_beta: float = 0.5,
                  weighting: Literal["batch", "loss", "none"] = "batch", weight_warmup_steps: int = 0,

@@ -76,8 +76,8 @@ class TNPO(UnlearningMethod):
     #: its token selection, run first by the pipeline runner (lit_unlearn.pipelines.runner): ``predict`` with the
     #: benchmark's ``token_scores`` config on the model it unlearns from, writing ``token_masks.jsonl`` into its run
     #: folder, which reaches this stage as ``--data.init_args.token_masks '{"forget": <file>}'``
-    prerequisite = {"config": "token_scores", "subcommand": "predict", "artifact": "token_masks.jsonl",
-                    "into": "data.init_args.token_masks@forget",
+    prerequisite = {"config": "token_scores", "subcommand": "predict",
+                    "into": {"data.init_args.token_masks@forget": "token_masks.jsonl"},
                     "overrides": {"trainer.callbacks.init_args.out_dir": "{run_dir}", "data.init_args.reference": None}}
 
     def __init__(self, *args, beta: float = 4.5, weighting: Literal["hard", "soft"] = "hard",

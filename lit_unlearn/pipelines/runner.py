@@ -8,29 +8,32 @@ its collapse-guard floor. The :class:`Runner` owns everything else, once for eve
 - **run directories**: ``<out>/<stage>``; a stage that already ended (``metrics.json`` says finished, collapsed or
   diverged) is reused, one stopped by a signal or killed resumes from its ``last.ckpt``;
 - **values, in one place, with one precedence**: command-line flag > setting recipe (its section for the stage by
-  name, then its section for the stage's kind: ``learn`` / ``unlearn``) > the stage's configs, last one winning >
-  the class default. :meth:`Runner.resolve` returns each value with where it came from, and ``--dry-run`` prints it;
-- **a method's own prerequisite stage** (TNPO's token selection): declared on the method class as
-  ``prerequisite`` (its config in the pipeline's config folder, subcommand, the file it writes and the key that
-  receives it), run once before the first stage that needs it; no method name appears here;
+  name, then for the stage's method class, e.g. ``PIPrefix``, then for the stage's kind: ``learn`` / ``unlearn``) >
+  the stage's configs, last one winning > the class default. :meth:`Runner.resolve` returns each value with where
+  it came from, and ``--dry-run`` prints it;
+- **a method's own stages**, declared on the method class, so that no method name appears here: ``prerequisite``
+  (TNPO's token selection, RapidUn's influence: its config in the pipeline's config folder, subcommand, and which
+  of its files reach which key), run once before the first stage that needs it; ``follow_up`` (PI-Prefix's
+  trained reading: an evaluation of the stage's saved config with overrides), run right after the stage;
 - **the guard floor**: ``floor = ("finetune", "retain_eval", "prob", 0.5)`` sets ``--guard.retain_floor`` to 0.5 x
-  that stage's evaluated value, absolute;
-- **summary**: the declared columns per stage (and, for a run the guard stopped, what it scored at the trip), the
-  terminal and Markdown tables, ``<out>/summary.json``;
+  that stage's evaluated value, absolute, unless the stage's configs switch the floor off (``retain_floor: null``);
+- **summary**: the declared columns per stage or per declared row (and, for a run the guard stopped, what it scored
+  at the trip), the terminal and Markdown tables, ``<out>/summary.json``;
 - **exit codes**: a stage's 0 (finished) and 3 (collapsed: its restored adapter is the result) continue the
   pipeline; any other code ends it with that code (2 bad input, 130 / 143 signals); errors of ours are one line
   (``lit_unlearn.__main__``).
 
 Artifacts of a stage's run directory: ``adapter`` (``adapter/``), ``rows`` (``rows/after``: its evaluation's
-per-row records), ``merged`` (``merged/``) and any file name it writes (``token_masks.jsonl``).
+per-row records), ``merged`` (``merged/``) and any file name it writes (``token_masks.jsonl``); a ``needs`` key
+``key@side`` passes ``{side: path}``, and several sides of one key are gathered into one mapping.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,7 @@ class Stage:
     kind: str | None = None  # the recipe section that applies (learn / unlearn); None: no recipe
     needs: Mapping[str, str] = field(default_factory=dict)  # dotted key -> "<stage>:<artifact>"
     floor: tuple[str, str, str, float] | None = None  # (stage, split, metric, factor): the guard's absolute floor
+    common: bool = True  # False: the pipeline's common values do not apply (a follow-up on a saved config)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,46 @@ def config_value(docs: list[dict], key: str) -> tuple[bool, Any]:
     return found, value
 
 
+def init_args(docs: list[dict]) -> dict:
+    """The method's ``model.init_args`` as the parsed configs ``docs`` compose them (later files win per key)."""
+    merged: dict = {}
+    for doc in docs:
+        found, args = config_value([doc], "model.init_args")
+        merged.update(args if found and isinstance(args, dict) else {})
+    return merged
+
+
+def given(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without the keys left None: the flags a user gave, as dotted keys -> values."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def argv_values(argv: list[str], flag: str = "extra arguments") -> dict[str, str]:
+    """``--dotted.key value`` pairs (a pipeline's pass-through flags) as a mapping of dotted keys to values; a flag
+    without a value, or a word that is not a flag, is one error naming it."""
+    values, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"{flag}: {arg!r} is not a --key value pair")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = arg[2:], argv[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"{flag}: {arg} has no value")
+        values[key] = value
+    return values
+
+
+def method_class(docs: list[dict]) -> str | None:
+    """The method class name the parsed configs ``docs`` compose to (its last dotted part), or None."""
+    found, class_path = config_value(docs, "model.class_path")
+    return str(class_path).rsplit(".", 1)[-1] if found and class_path else None
+
+
 def flag_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -114,7 +158,8 @@ class Runner:
     """Runs one pipeline's stages in ``out`` (module docstring)."""
 
     def __init__(self, out: str | Path, recipe: str | None = None, flags: Mapping[str, Mapping[str, Any]] | None = None,
-                 common: Mapping[str, Any] | None = None, settings: tuple[str, ...] = (), dry_run: bool = False):
+                 common: Mapping[str, Any] | None = None, settings: tuple[str, ...] = (), dry_run: bool = False,
+                 on_stage: Callable[[Stage, Any], None] | None = None):
         """
         Args:
             out: the run folder; each stage in ``out/<stage>``.
@@ -123,43 +168,50 @@ class Runner:
             common: command-line values every stage gets (seed, base model, the setting's size).
             settings: configs appended to every stage (the setting: ``tofu/mini``).
             dry_run: print what each stage would do, run nothing.
+            on_stage: called with each stage that ran and its CLI object (the demo samples generations from it).
         """
         self.out = Path(out).resolve()
         self.recipe, self.recipe_name = load_recipe(recipe), recipe
         self.flags = {k: dict(v) for k, v in (flags or {}).items()}
         self.common, self.settings, self.dry_run = dict(common or {}), tuple(settings), dry_run
+        self.on_stage = on_stage
         self.records: dict[str, dict] = {}
         self.plan: list[str] = []
         self.t0 = time.time()
 
     # ---- values ---------------------------------------------------------------------------------------------------
     def config_paths(self, stage: Stage) -> list[Path]:
+        if not stage.common:  # a follow-up: the saved config of a stage (written when that stage runs)
+            return [Path(c) for c in stage.configs]
         paths = [resolve_config(c) for c in (*stage.configs, *self.settings)]
         return [Path(p) for p in paths]
 
     def resolve(self, stage: Stage) -> dict[str, tuple[Any, str]]:
         """Every value the runner decides for ``stage``: dotted key -> (value, source); keys the recipe or a flag
         name but neither sets for this stage report the configs' value or the class default."""
+        if not stage.common:
+            return {key: (value, "pipeline") for key, value in stage.overrides.items()}
+        docs = load_configs(self.config_paths(stage))
+        sections = (stage.kind, method_class(docs), stage.name)
         layers = [("pipeline", stage.overrides)]
-        for section in (stage.kind, stage.name):
+        for section in sections:
             if section in self.recipe:
                 layers.append((f"recipe {self.recipe_name}: {section}", self.recipe[section]))
         layers.append(("flag", self.common))
-        for section in (stage.kind, stage.name):
+        for section in sections:
             layers.append(("flag", self.flags.get(section, {})))
         values: dict[str, tuple[Any, str]] = {}
         for source, layer in layers:
             for key, value in layer.items():
                 values[key] = (value, source)
         tracked = {k for section in self.recipe.values() for k in section} | {k for f in self.flags.values() for k in f}
-        docs = load_configs(self.config_paths(stage))
         for key in sorted(tracked - set(values)):
             found, value = config_value(docs, key)
             values[key] = (value, "config") if found else (None, "class default")
         return values
 
     def args(self, stage: Stage) -> list[str]:
-        args = [stage.subcommand]
+        args = [] if stage.subcommand == "eval" else [stage.subcommand]
         for path in self.config_paths(stage):
             if not path.is_file():
                 raise ConfigError(f"no config {path}")
@@ -169,9 +221,9 @@ class Runner:
         for key, (value, source) in self.resolve(stage).items():
             if source not in ("config", "class default"):
                 args += [f"--{key}", flag_value(value)]
-        for key, ref in stage.needs.items():
-            args += [f"--{key.split('@')[0]}", self.artifact(ref, key)]
-        if stage.floor is not None:
+        for key, value in self.artifacts(stage).items():
+            args += [f"--{key}", value]
+        if self.floor_applies(stage):
             src, split, metric, factor = stage.floor
             learned = self.records[src]["metrics"]["after"] if src in self.records else {}
             if split in learned:
@@ -180,14 +232,31 @@ class Runner:
             args += ["--ckpt_path", "last"]
         return args
 
-    def artifact(self, ref: str, key: str) -> str:
-        stage, name = ref.split(":")
-        path = str(self.out / stage / ARTIFACTS.get(name, name))
-        into = key.split("@")[1] if "@" in key else None  # key@forget: the argument is {"forget": path}
-        return json.dumps({into: path}) if into else path
+    def artifacts(self, stage: Stage) -> dict[str, str]:
+        """The argument of each ``needs`` key: the artifact's path; ``key@side`` entries of one key are gathered
+        into one JSON mapping ``{side: path, ...}`` (RapidUn's two weights files, TNPO's forget masks)."""
+        plain, sides = {}, {}
+        for key, ref in stage.needs.items():
+            src, name = ref.split(":")
+            path = str(self.out / src / ARTIFACTS.get(name, name))
+            if "@" in key:
+                base, side = key.split("@")
+                sides.setdefault(base, {})[side] = path
+            else:
+                plain[key] = path
+        return {**plain, **{k: json.dumps(v) for k, v in sides.items()}}
+
+    def floor_applies(self, stage: Stage) -> bool:
+        """A declared floor, unless the stage's configs switch the floor off (``guard.retain_floor: null``)."""
+        if stage.floor is None or not stage.common:
+            return False
+        found, value = config_value(load_configs(self.config_paths(stage)), "guard.retain_floor")
+        return not (found and value is None)
 
     def action(self, stage: Stage) -> str:
         run_dir = self.out / stage.name
+        if stage.subcommand == "eval":
+            return "reuse" if (run_dir / "eval_metrics.json").is_file() else "run"
         if stage.subcommand != "fit":
             return "reuse" if any(run_dir.glob("*.jsonl")) else "run"
         return fit_action(run_dir)
@@ -197,10 +266,8 @@ class Runner:
         """The stage the method of ``stage`` declares it needs first (``UnlearningMethod.prerequisite``: its config
         in the stage's config folder, subcommand, written file and receiving key), and ``stage`` wired to its file;
         ``(None, stage)`` for a method that needs none."""
-        from lit_unlearn.methods import METHODS
-
-        _, class_path = config_value(load_configs(self.config_paths(stage)), "model.class_path")
-        spec = getattr(METHODS.get(str(class_path).rsplit(".", 1)[-1]), "prerequisite", None) if class_path else None
+        cls = self.method(stage)
+        spec = cls.prerequisite_for(init_args(load_configs(self.config_paths(stage)))) if cls else None
         if not spec:
             return None, stage
         run_dir = str(self.out / spec["config"])
@@ -208,9 +275,27 @@ class Runner:
         folder = str(Path(stage.configs[0]).parent)
         pre = Stage(spec["config"], (stage.configs[0], f"{folder}/{spec['config']}"), overrides, spec["subcommand"],
                     stage.kind, {k: v for k, v in stage.needs.items() if k.startswith("model.")})
-        wired = Stage(stage.name, stage.configs, stage.overrides, stage.subcommand, stage.kind,
-                      {**stage.needs, spec["into"]: f"{pre.name}:{spec['artifact']}"}, stage.floor)
-        return pre, wired
+        into = {key: f"{pre.name}:{artifact}" for key, artifact in spec["into"].items()}
+        return pre, replace(stage, needs={**stage.needs, **into})
+
+    def follow_up(self, stage: Stage) -> Stage | None:
+        """The evaluation the method of ``stage`` declares after it (``UnlearningMethod.follow_up``: a name suffix
+        and overrides of the stage's saved config, ``{run_dir}`` the stage's folder; PI-Prefix's trained reading)."""
+        spec = getattr(self.method(stage), "follow_up", None)
+        if not spec:
+            return None
+        run_dir = str(self.out / stage.name)
+        overrides = {k: (v.replace("{run_dir}", run_dir) if isinstance(v, str) else v)
+                     for k, v in spec.get("overrides", {}).items()}
+        return Stage(stage.name + spec["suffix"], (str(self.out / stage.name / "config.yaml"),), overrides,
+                     spec.get("subcommand", "eval"), common=False)
+
+    def method(self, stage: Stage) -> type | None:
+        """The method class ``stage``'s configs compose to (None: a follow-up, or not a registered method)."""
+        from lit_unlearn.methods import METHODS
+
+        name = method_class(load_configs(self.config_paths(stage))) if stage.common else None
+        return METHODS.get(name) if name else None
 
     def run(self, stages: list[Stage]) -> dict[str, dict]:
         """Run (reuse, resume) ``stages`` in order, each after its method's prerequisite (once per run folder);
@@ -222,10 +307,13 @@ class Runner:
             if pre is not None and pre.name not in self.plan:
                 self.run_one(pre)
             self.run_one(stage)
+            after = self.follow_up(stage)
+            if after is not None:
+                self.run_one(after)
         return self.records
 
     def run_one(self, stage: Stage) -> None:
-        from lit_unlearn.cli import cli_main
+        from lit_unlearn.cli import cli_main, eval_main
 
         self.plan.append(stage.name)
         action = self.action(stage)
@@ -236,11 +324,14 @@ class Runner:
         if action == "reuse":
             print(f"[lit_unlearn] reusing the {stage_status(run_dir) or 'finished'} run {run_dir}")
         else:
-            cli = cli_main(self.args(stage))
+            cli = (eval_main if stage.subcommand == "eval" else cli_main)(self.args(stage))
             if cli.exit_code not in (0, 3, None):
                 raise SystemExit(cli.exit_code)
-        if stage.subcommand == "fit":
-            self.records[stage.name] = json.loads((run_dir / "metrics.json").read_text())
+            if self.on_stage is not None:
+                self.on_stage(stage, cli)
+        record = {"fit": "metrics.json", "eval": "eval_metrics.json"}.get(stage.subcommand)
+        if record:
+            self.records[stage.name] = json.loads((run_dir / record).read_text())
 
     def describe(self, stage: Stage, action: str) -> str:
         lines = [f"{stage.name}: {action} ({stage.subcommand})",
@@ -249,17 +340,22 @@ class Runner:
             lines.append(f"  {key} = {value!r}  ({source})")
         for key, ref in stage.needs.items():
             lines.append(f"  {key} <- {ref}")
-        if stage.floor is not None:
+        if self.floor_applies(stage):
             lines.append(f"  guard.retain_floor = {stage.floor[3]} x {stage.floor[0]}'s {stage.floor[1]}/"
                          f"{stage.floor[2]}")
         return "\n".join(lines)
 
-    def summary(self, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None, **extra) -> dict:
-        """The declared columns of every fit stage run so far, written to ``<out>/summary.json``."""
+    def summary(self, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None,
+                rows: Mapping[str, tuple[str, str]] | None = None, **extra) -> dict:
+        """The declared columns of every stage run so far (``rows``: instead, row name -> (stage, ``after`` or
+        ``before``), e.g. the poisoned model as the first unlearning stage saw it before fit), written to
+        ``<out>/summary.json``."""
         from lit_unlearn.cli import package_versions
 
-        summary = {"stages": {n: summarize(r, columns, per_split) for n, r in self.records.items()}, **extra,
-                   "versions": package_versions()}
+        rows = rows or {name: (name, "after") for name in self.records}
+        summary = {"stages": {row: summarize(self.records[name], columns, per_split, which)
+                              for row, (name, which) in rows.items() if name in self.records},
+                   **extra, "versions": package_versions()}
         return self.write(summary)  # adds the wall time
 
     def write(self, summary: dict) -> dict:
@@ -272,11 +368,19 @@ class Runner:
         return summary
 
 
-def pipeline_parser(doc: str, out: str):
-    """The flags every pipeline has: --out, --model, --seed, --mini, --dry-run, --markdown."""
+def pipeline_parser(doc: str, out: str, methods: str | None = None, kinds: tuple[str, ...] = ()):
+    """The flags every pipeline has: --out, --model, --seed, --mini, --dry-run, --markdown; --methods (default
+    ``methods``: comma-separated method configs, configs/methods/ or the benchmark's); --<kind>-lr and
+    --<kind>-epochs for each stage kind of ``kinds``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if methods is not None:
+        parser.add_argument("--methods", default=methods, help="comma-separated method configs (configs/methods/ "
+                            f"or the benchmark's; default {methods})")
+    for kind in kinds:
+        parser.add_argument(f"--{kind}-lr", type=float, default=None, help=f"lr of the {kind} stages")
+        parser.add_argument(f"--{kind}-epochs", type=int, default=None, help=f"epochs of the {kind} stages")
     parser.add_argument("--out", default=None, help=f"run folder (default {out}_run, or {out}_mini with --mini)")
     parser.add_argument("--model", default=None, help="base model (default: the configs' SmolLM2-135M-Instruct)")
     parser.add_argument("--seed", type=int, default=0)
@@ -289,11 +393,13 @@ def pipeline_parser(doc: str, out: str):
 
 
 # ---- summaries ----------------------------------------------------------------------------------------------------
-def summarize(record: dict, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None) -> dict:
-    """One table row: the declared columns of the evaluation after fit; for a run the collapse guard stopped, also
-    the evaluation that tripped it; ``per_split`` (row key -> metric) collects a metric over every split (GRUN's
-    gate)."""
-    after = record["metrics"].get("after", {})
+def summarize(record: dict, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None,
+              which: str = "after") -> dict:
+    """One table row: the declared columns of the evaluation after fit (``which``: or before it; an evaluation-only
+    run's own); for a run the collapse guard stopped, also the evaluation that tripped it; ``per_split`` (row key
+    -> metric) collects a metric over every split (GRUN's gate)."""
+    metrics = record["metrics"]
+    after = metrics.get(which, metrics.get("eval", {}))
     row = {c.field: after.get(c.split, {}).get(c.key) if c.split else None for c in columns}
     row["status"] = record.get("status", "finished")
     row["trainable_params"] = record["metrics"].get("trainable_params")
