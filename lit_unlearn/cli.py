@@ -152,6 +152,28 @@ def hide_fit_flags(parser) -> None:
                           "evaluators' metrics, metrics.json / eval_metrics.json and per-row records.")
 
 
+#: the marker a shipped config puts before a path inside the run root (an earlier stage's output)
+RUN_ROOT = "{save_dir}"
+
+
+def under_run_root(value, root: Path):
+    """``value`` with every string that starts with ``{save_dir}/`` (in lists, mappings and namespaces too) made
+    absolute under ``root``, the logger's save_dir: ``{save_dir}/tofu/finetune/adapter`` is the adapter the learn
+    stage wrote, wherever ``--trainer.logger.init_args.save_dir`` puts the runs and whatever the working directory."""
+    from jsonargparse import Namespace
+
+    if isinstance(value, str) and value.startswith(RUN_ROOT + "/"):
+        return str(root.resolve() / value[len(RUN_ROOT) + 1:])
+    if isinstance(value, list):
+        return [under_run_root(v, root) for v in value]
+    if isinstance(value, dict):
+        return {k: under_run_root(v, root) for k, v in value.items()}
+    if isinstance(value, Namespace):
+        for key, inner in list(value.items()):
+            value[key] = under_run_root(inner, root)
+    return value
+
+
 def run_name(configs: list[str]) -> str | None:
     """A run's default version: the file name of the last of ``configs`` that sets ``model.class_path`` (the method
     file); None when none does (the logger numbers its runs)."""
@@ -245,6 +267,10 @@ class UnlearnCLI(LightningCLI):
         name = run_name([str(c) for c in (sub.get("config") or [])]) if sub is not None else None
         if name and init_args is not None and "version" in init_args and init_args.get("version") is None:
             init_args["version"] = name
+        if sub is not None:  # a config names an earlier stage's output under the run root, not the working directory
+            root = (init_args.get("save_dir") if init_args is not None else None) or sub.get("trainer.default_root_dir")
+            for key, value in list(sub.items()):
+                sub[key] = under_run_root(value, Path(root or "."))
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

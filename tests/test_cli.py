@@ -365,3 +365,20 @@ def test_eval_help_lists_evaluation_flags_only_and_fit_help_keeps_them(capsys):
         main(["fit", "--help"])
     fit = capsys.readouterr().out
     assert "--guard.retain_floor" in fit and "--trainer.max_epochs" in fit and "--export_merged" in fit
+
+
+def test_a_shipped_config_finds_earlier_stages_under_the_run_root_not_the_working_directory(no_run, tmp_path,
+                                                                                          monkeypatch):
+    """``{save_dir}/...`` in a shipped config is an earlier stage's output under the logger's save_dir: moving the
+    runs moves what the later stages read, from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "elsewhere" / "runs"
+    cli = cli_main(expand_config_args(["fit", "--config", "tofu/base", "--config", "methods/npo",
+                                       "--trainer.logger.init_args.save_dir", str(runs)]))
+    assert cli.model.init_adapter == str(runs / "tofu" / "finetune" / "adapter")
+    assert str(cli.config.fit.data.init_args.reference) == str(runs / "tofu" / "retain" / "rows" / "after")
+    cli = cli_main(expand_config_args(["fit", "--config", "tofu/base", "--config", "methods/npo"]))
+    assert cli.model.init_adapter == str(tmp_path / "checkpoints" / "tofu" / "finetune" / "adapter")
+    for path in (REPO_ROOT / "configs").rglob("*.yaml"):  # no shipped value names a working-directory path
+        values = [line.split("#")[0] for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+        assert not [v for v in values if ": checkpoints/" in v or "{out_dir: checkpoints" in v], path
