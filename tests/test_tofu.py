@@ -47,8 +47,10 @@ def qa_batch(rows: list[dict]) -> dict:
     return {"input_ids": torch.zeros(len(rows), 1), "index": torch.arange(len(rows)),
             "id": [str(i) for i in range(len(rows))], "prompt": [r["q"] for r in rows],
             "answer": [" " + r["a"] for r in rows], "answer_text": [r["a"] for r in rows],
-            "question": [r["q"] for r in rows], "paraphrased_answer": [r.get("para") for r in rows],
-            "perturbed_answer": [r["pert"] for r in rows], "split": "forget"}
+            "question": [r["q"] for r in rows],
+            # the data module's scored continuations: through the answer template, as the gold answer
+            "paraphrased_answer": [" " + r["para"] if r.get("para") else None for r in rows],
+            "perturbed_answer": [[" " + p for p in r["pert"]] for r in rows], "split": "forget"}
 
 
 ROWS = [{"q": "Q1", "a": "Paris is the capital of France", "para": "France's capital is Paris",
@@ -88,6 +90,33 @@ def test_tofu_metrics_by_hand(kind):
     rows = ev.last_rows
     assert [r["generated"] for r in rows] == ["Paris is the capital city", "Oslo"]
     assert rows[1]["rouge"] == 1.0 and rows[1]["answer"] == "Oslo"
+
+
+def test_every_answer_of_a_row_goes_through_the_same_answer_template(tiny_model_dir, tmp_path):
+    """Gold, paraphrased and perturbed answers are scored under one template (a custom one included): the truth
+    ratio compares like with like (issue 22: they were scored as " " + text whatever the template)."""
+    from lit_unlearn.data import QADataModule
+
+    rows = [{"question": "Where?", "answer": "Oslo", "paraphrased_answer": "In Oslo",
+             "perturbed_answer": ["Bergen", "Lima"]}]
+    dm = QADataModule(forget=write_jsonl(tmp_path / "f.jsonl", rows), tokenizer=tiny_model_dir,
+                      answer_template="\nA: {answer}.")
+    rec = dm.record({**rows[0], "_where": "f.jsonl:1"}, "forget")
+    assert rec["answer"] == "\nA: Oslo." and rec["paraphrased_answer"] == "\nA: In Oslo."
+    assert rec["perturbed_answer"] == ["\nA: Bergen.", "\nA: Lima."]
+    seen = {}
+
+    class Recording(Scripted):
+        def answer_nlls(self, prompts, groups):
+            seen["groups"] = groups
+            return [[0.1 for _ in g] for g in groups]
+
+    batch = {**qa_batch([{"q": "Where?", "a": "Oslo", "para": "x", "pert": ["y"]}]),
+             "answer": [rec["answer"]], "paraphrased_answer": [rec["paraphrased_answer"]],
+             "perturbed_answer": [rec["perturbed_answer"]]}
+    TOFUEvaluator("forget", max_new_tokens=4).update(Recording({("Where?", rec["answer"]): 0.2}, {"Where?": "Oslo"}),
+                                                     batch)
+    assert seen["groups"] == [["\nA: In Oslo.", "\nA: Bergen.", "\nA: Lima."]]
 
 
 def test_answers_scored_together_equal_scoring_each_alone(make_method):

@@ -14,7 +14,8 @@ class QADataModule(ForgetRetainDataModule):
 
     Example: ``forget: locuslab/TOFU:forget10@train``, ``retain: locuslab/TOFU:retain90@train``. A record holds
     ``question``, ``prompt``, ``answer`` (the templated, scored continuation), ``answer_text`` (the answer as the
-    source has it) and, where the row has them, TOFU's ``paraphrased_answer`` and ``perturbed_answer``.
+    source has it) and, where the row has them, TOFU's ``paraphrased_answer`` and ``perturbed_answer`` (as scored
+    continuations: through ``answer_template``, as the gold answer).
 
     Reasoning traces (R-TOFU style rows with a chain of thought): with ``cot_field`` set, the scored continuation is
     the reasoning, then the answer: ``answer = cot_part + answer_part`` with ``cot_part = cot_template(cot)`` and
@@ -50,10 +51,18 @@ class QADataModule(ForgetRetainDataModule):
         self.prompt_template, self.answer_template = prompt_template, answer_template
         self.cot_field, self.cot_template, self.final_template = cot_field, cot_template, final_template
 
+    def scored_answers(self, value):
+        """``value`` (an answer, or a list of them) as scored continuations: through ``answer_template``."""
+        if isinstance(value, list):
+            return [self.answer_template.format(answer=v) if isinstance(v, str) else v for v in value]
+        return self.answer_template.format(answer=value) if isinstance(value, str) else value
+
     def record(self, row: dict, split: str) -> dict:
         q = field(row, self.question_field, split, "question_field")
         a = field(row, self.answer_field, split, "answer_field")
-        extra = {k: row[k] for k in EXTRA_FIELDS if row.get(k) is not None}
+        # the paraphrased and perturbed answers are scored continuations too: the same answer template as the gold
+        # answer, so the truth ratio compares answers under one template
+        extra = {k: self.scored_answers(row[k]) for k in EXTRA_FIELDS if row.get(k) is not None}
         rec = {"question": q, "prompt": self.prompt_template.format(question=q),
                "answer": self.answer_template.format(answer=a), "answer_text": a, **extra}
         if self.cot_field is not None:

@@ -66,9 +66,10 @@ class TOFUEvaluator(Evaluator):
                                 "(use the *_perturbed TOFU sets for evaluation)")
         answer_nll = module.teacher_forced(batch).mean_nll.double().tolist()
         prompts = batch["prompt"]
-        # every row's paraphrased and perturbed answers, scored together in length-sorted batches
+        # every row's paraphrased and perturbed answers (the data module's scored continuations, under the same
+        # answer template as the gold answer), scored together in length-sorted batches
         with_para = self.kind in ("forget", "retain")
-        groups = [([" " + batch["paraphrased_answer"][i]] if with_para else []) + [" " + a for a in pert]
+        groups = [([batch["paraphrased_answer"][i]] if with_para else []) + list(pert)
                   for i, pert in enumerate(batch["perturbed_answer"])]
         scored = module.answer_nlls(prompts, groups)
         para_nll = [g[0] for g in scored] if with_para else answer_nll
