@@ -408,7 +408,7 @@ def summarize(record: dict, columns: tuple[Column, ...], per_split: Mapping[str,
         values = {split: v[metric] for split, v in after.items() if metric in v}
         if values:
             row[name] = values
-    row["wall_time_s"] = record.get("wall_time_s", {})
+    row["wall_time_s"] = record.get("wall_time_s", {}) if which == "after" else {}  # a "before" row trained nothing
     events = record["metrics"].get("collapse_events") or []
     if events and events[-1].get("evaluation"):
         tripped = events[-1]["evaluation"]
@@ -424,14 +424,18 @@ def _cell(column: Column, value, width: int = 0) -> str:
 
 def format_table(summary: dict, columns: tuple[Column, ...]) -> str:
     """The terminal table: one line per stage, and a ``tripped`` line for a run the guard stopped."""
-    lines = [f"{'stage':<12}" + "".join(f"{c.label:>11}" for c in columns) + f"{'fit s':>8}{'eval s':>8}"]
+    widths = [max(11, len(c.label) + 2) for c in columns]
+    seconds = Column(None, "", "", ".0f")
+    lines = [f"{'stage':<12}" + "".join(f"{c.label:>{w}}" for c, w in zip(columns, widths))
+             + f"{'fit s':>8}{'eval s':>8}"]
     for stage, row in summary["stages"].items():
         wall = row["wall_time_s"]
-        lines.append(f"{stage:<12}" + "".join(_cell(c, row.get(c.field), 11) for c in columns)
-                     + f"{wall.get('fit', 0):>8.0f}{wall.get('eval_after', 0):>8.0f}"
+        lines.append(f"{stage:<12}" + "".join(_cell(c, row.get(c.field), w) for c, w in zip(columns, widths))
+                     + _cell(seconds, wall.get("fit"), 8) + _cell(seconds, wall.get("eval_after"), 8)
                      + ("" if row["status"] == "finished" else f"  ({row['status']})"))
         if "collapsed" in row:
-            lines.append(f"{'  tripped':<12}" + "".join(_cell(c, row["collapsed"].get(c.field), 11) for c in columns)
+            lines.append(f"{'  tripped':<12}" + "".join(_cell(c, row["collapsed"].get(c.field), w)
+                                                       for c, w in zip(columns, widths))
                          + f"  (step {row['collapsed']['step']}, before the guard restored the last good adapter)")
     return "\n".join(lines)
 
