@@ -8,8 +8,9 @@ adapters of ``--init-adapter`` merged in order (e.g. learn then unlearn). The fo
 (:func:`folds`: fold k holds out V = forget_splits[k::n_folds]); in each fold the model is fine-tuned on the
 questions of the other forget splits T and evaluated on V - whose questions it never trains on - and on the retain
 splits after every epoch, once per learning rate of the sweep. Every (fold, lr) is its own seeded, logged sub-run
-(``train.py fit`` with ``configs/deeb_roger/base.yaml`` + ``rtt.yaml``) in ``<out>/fold<k>_lr<lr>``; with several
-GPUs the sub-runs fan out, one per device. A finished sub-run is reused when the command runs again.
+(``train.py fit`` with ``configs/deeb_roger/base.yaml`` + ``rtt.yaml``) in ``<out>/fold<k>_lr<lr>``, declared as a
+stage whose arguments the pipeline runner builds (``lit_unlearn.pipelines.runner``); with several GPUs the sub-runs
+fan out, one per device. A finished sub-run is reused, an interrupted one resumed, when the command runs again.
 
 The summary (``<out>/rtt_summary.json``; printed as a table) gives per sub-run the V and retain accuracy of every
 epoch (epoch 0: before retraining), and per fold and overall the best V accuracy over the sweep and its epochs -
@@ -29,10 +30,8 @@ from pathlib import Path
 
 from lit_unlearn import stages
 from lit_unlearn.cli import cli_main, package_versions, write_json_atomic
-from lit_unlearn.config_files import config_dir
 from lit_unlearn.core.errors import LitUnlearnError
-
-CONFIG_DIR = config_dir("deeb_roger")
+from lit_unlearn.pipelines.runner import Runner, Stage, argv_values, given
 #: the original sweep (Lion, full parameters of 7-8B models)
 PAPER_LRS = (1e-7, 2e-7, 4e-7, 8e-7, 1.6e-6, 3.2e-6)
 V_KEY, RETAIN_KEY = "val/heldout_mcq/mcq_acc", "val/retain_mcq/mcq_acc"
@@ -54,25 +53,14 @@ def folds(forget_splits: list[int], n_folds: int = 2) -> list[tuple[list[int], l
     return out
 
 
-def sub_run_args(out: Path, name: str, heldout: list[int], train: list[int], lr: float, seed: int,
-                 init_adapter: list[str], model: str | None, mini: int | None, epochs: int,
-                 retain_splits: list[int], dataset: str, eval_before: bool, extra: list[str]) -> list[str]:
-    """The ``train.py fit`` arguments of one sub-run."""
-    configs = [CONFIG_DIR / "base.yaml", CONFIG_DIR / "rtt.yaml"]
-    flags = []
-    if mini is not None:
-        configs.append(CONFIG_DIR / "mini.yaml")
-        flags += ["--data.init_args.questions_per_split", str(mini)]
-    flags += ["--seed_everything", str(seed), "--model.init_args.lr", str(lr), "--trainer.max_epochs", str(epochs),
-              "--model.init_args.init_adapter", json.dumps(init_adapter),
-              "--data.init_args.dataset", dataset,
-              "--data.init_args.forget_splits", json.dumps(train),
-              "--data.init_args.heldout_splits", json.dumps(heldout),
-              "--data.init_args.retain_splits", json.dumps(retain_splits),
-              "--eval_before", str(eval_before).lower()]
-    if model:
-        flags += ["--model.init_args.model", model]
-    return stages.stage_args(configs, out, name, flags + extra)
+def sub_run(name: str, heldout: list[int], train: list[int], lr: float, init_adapter: list[str], epochs: int,
+            retain_splits: list[int], dataset: str, eval_before: bool) -> Stage:
+    """One sub-run as a pipeline stage (``deeb_roger/base`` + ``deeb_roger/rtt``): its fold's splits, its lr."""
+    return Stage(name, ("deeb_roger/base", "deeb_roger/rtt"), {
+        "model.init_args.lr": lr, "trainer.max_epochs": epochs, "model.init_args.init_adapter": init_adapter,
+        "data.init_args.dataset": dataset, "data.init_args.forget_splits": train,
+        "data.init_args.heldout_splits": heldout, "data.init_args.retain_splits": retain_splits,
+        "eval_before": eval_before})
 
 
 def _run(args: list[str], device: int | None) -> int:
@@ -98,13 +86,19 @@ def run_rtt(init_adapter: list[str], out: str | Path, model: str | None = None, 
     for path in init_adapter:
         if not Path(path).expanduser().is_dir():
             raise RTTError(f"--init-adapter {path}: no such adapter directory")
+    # the sub-runs' arguments come from the pipeline runner (one precedence, one place); the runs themselves are
+    # fanned out here, one per GPU when there are several
+    runner = Runner(out, common={"seed_everything": seed, **given({"model.init_args.model": model,
+                                                                   "data.init_args.questions_per_split": mini}),
+                                 **argv_values(list(extra or []))},
+                    settings=("deeb_roger/mini",) if mini is not None else ())
     plan = []
     for k, (heldout, train) in enumerate(folds(forget_splits, n_folds)):
         for j, lr in enumerate(lrs):
             name = f"fold{k}_lr{lr:g}"
             # one evaluation of the attacked model per fold (epoch 0), shared by the fold's learning rates
-            plan.append((name, k, lr, heldout, sub_run_args(out, name, heldout, train, lr, seed, init_adapter, model, mini,
-                                                    epochs, retain_splits, dataset, j == 0, list(extra or []))))
+            stage = sub_run(name, heldout, train, lr, init_adapter, epochs, retain_splits, dataset, j == 0)
+            plan.append((name, k, lr, heldout, runner.args(stage)))
     n_gpu = torch.cuda.device_count() if devices is None else devices
     t0 = time.time()
     todo = [p for p in plan if stages.stage_status(out / p[0]) != "finished"]

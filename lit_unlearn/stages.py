@@ -1,7 +1,6 @@
 """A ``train.py fit`` stage in its own run directory ``<out>/<stage>``, reused when it already ended and resumed from
 its last checkpoint when it was stopped: the rule (:func:`fit_action`) of the pipeline runner
-(``lit_unlearn.pipelines.runner``) and of the RTT sweep's sub-runs (``lit_unlearn.rtt``), which run in parallel
-processes and build their arguments with :func:`stage_args`."""
+(``lit_unlearn.pipelines.runner``), whose stages include the RTT sweep's sub-runs (``lit_unlearn.rtt``)."""
 
 from __future__ import annotations
 
@@ -28,18 +27,3 @@ def fit_action(run_dir: Path) -> str:
     if status == "interrupted" or (status is None and (Path(run_dir) / "checkpoints" / "last.ckpt").is_file()):
         return "resume"
     return "run"
-
-
-def stage_args(configs: list[Path], out: Path, stage: str, extra: list[str]) -> list[str]:
-    """``fit`` arguments of one stage: its configs, its run directory ``out/stage``, then ``extra``; a stage
-    stopped by a signal or killed continues from its last checkpoint."""
-    args = ["fit"]
-    for config in configs:
-        if not Path(config).is_file():
-            raise SystemExit(f"lit_unlearn: no config {config}")
-        args += ["--config", str(config)]
-    args += ["--trainer.logger.init_args.save_dir", str(out.parent), "--trainer.logger.init_args.name", out.name,
-             "--trainer.logger.init_args.version", stage, *extra]
-    if fit_action(out / stage) == "resume":
-        args += ["--ckpt_path", "last"]
-    return args
