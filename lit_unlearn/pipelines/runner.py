@@ -337,7 +337,8 @@ class Runner:
         lines = [f"{stage.name}: {action} ({stage.subcommand})",
                  "  configs: " + " ".join(str(p) for p in self.config_paths(stage))]
         for key, (value, source) in self.resolve(stage).items():
-            lines.append(f"  {key} = {value!r}  ({source})")
+            lines.append(f"  {key}: set by no config (the class default)" if source == "class default"
+                         else f"  {key} = {value!r}  ({source})")
         for key, ref in stage.needs.items():
             lines.append(f"  {key} <- {ref}")
         if self.floor_applies(stage):
