@@ -95,3 +95,21 @@ def test_every_method_has_one_config_and_benchmark_files_repeat_none_of_its_defa
             theirs = (yaml.safe_load((root / f"{earlier}.yaml").read_text())["model"].get("init_args") or {})
             repeated += [f"{name}: {k}" for k, v in mine.items() if k != "adapter" and theirs.get(k) == v]
     assert not repeated, f"benchmark files repeat their method file's values: {repeated}"
+
+
+def test_every_shipped_multiple_choice_benchmark_states_its_letter_style():
+    """The MCQ letter token is a convention that moves accuracy ("A" vs " A"): each benchmark base that evaluates
+    multiple choice says which one it uses rather than leaving it to a class default (issue 22)."""
+    import yaml
+
+    import lit_unlearn.data as data_modules
+    from lit_unlearn.config_files import config_root
+
+    checked = 0
+    for base in sorted(config_root().glob("*/base.yaml")):
+        data = yaml.safe_load(base.read_text())["data"]
+        cls = getattr(data_modules, data["class_path"].rsplit(".", 1)[-1], None)
+        if isinstance(cls, type) and issubclass(cls, data_modules.MCQDataModule):
+            assert data["init_args"].get("letters") in ("bare", "spaced"), base
+            checked += 1
+    assert checked >= 1  # Deeb & Roger's base
