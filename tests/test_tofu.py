@@ -183,7 +183,13 @@ def test_mia_auc_and_scores_by_hand(tmp_path):
         z.append((math.log(probs[t]) - mu) / sigma)
     assert row["minkpp"] == pytest.approx(min(z))
     import zlib
-    assert row["zlib"] == pytest.approx(sum(lp) / (8 * len(zlib.compress(b"ab"))))
+    # open-unlearning's form: the mean token log-prob over the zlib size in bytes; the earlier form, named
+    assert row["zlib"] == pytest.approx(sum(lp) / 2 / len(zlib.compress(b"ab")))
+    old = MIAEvaluator(k=0.5, zlib="sum_bits")
+    old.update(scorer, {"index": torch.tensor([0]), "answer": [" ab"], "split": "forget"})
+    assert (old.last_rows or old.rows)[0]["zlib"] == pytest.approx(sum(lp) / (8 * len(zlib.compress(b"ab"))))
+    with pytest.raises(EvalError, match="zlib must be mean_bytes or sum_bits"):
+        MIAEvaluator(zlib="bits")
     # the summary's AUC and privacy leak against a reference
     members = [{"id": str(i), "index": i, "question": "q", "loss": s, "zlib": s, "mink": s, "minkpp": s}
                for i, s in enumerate([0.9, 0.8, 0.4])]

@@ -4,8 +4,10 @@ Per row (``mia`` evaluator), over the answer tokens y_1..y_n given the prompt (t
 lp_t = log p(y_t | x, y_<t), every score oriented so that higher means "more likely trained on":
 
 - ``loss``:   mean_t lp_t (= -L, the LOSS attack; Yeom et al. 2018)
-- ``zlib``:   sum_t lp_t / zlib_bits, zlib_bits = 8 * len(zlib.compress(answer UTF-8 bytes)) (Carlini et al. 2021,
-  arXiv 2012.07805: the model's NLL against a generic compressor's length)
+- ``zlib``:   mean_t lp_t / zlib_bytes, zlib_bytes = len(zlib.compress(answer UTF-8 bytes)) (Carlini et al. 2021,
+  arXiv 2012.07805: the model's per-token NLL against a generic compressor's length; the form of open-unlearning
+  and the mimir attacks it follows). ``zlib="sum_bits"`` keeps this project's earlier form, sum_t lp_t /
+  (8 * zlib_bytes), in which the answer's length enters the score
 - ``mink``:   mean of the k% lowest lp_t (Min-K% Prob; Shi et al. 2023, arXiv 2310.16789), k = 20% by default,
   at least one token
 - ``minkpp``: mean of the k% lowest z_t, z_t = (lp_t - mu_t) / sigma_t with mu_t and sigma_t^2 the mean and
@@ -43,11 +45,19 @@ class MIAEvaluator(Evaluator):
     primary = "loss"
     needs_logits = True
 
-    def __init__(self, k: float = 0.2):
+    def __init__(self, k: float = 0.2, zlib: str = "mean_bytes"):
+        """
+        Args:
+            k: the share of lowest-scoring tokens of Min-K% and Min-K%++ (at least one token).
+            zlib: ``mean_bytes`` (mean token log-prob / zlib bytes, open-unlearning's) or ``sum_bits`` (summed
+                log-prob / zlib bits, the earlier form).
+        """
         super().__init__()
         if not 0 < k <= 1:
             raise EvalError(f"--data.mia_k must be in (0, 1], got {k}")
-        self.k = k
+        if zlib not in ("mean_bytes", "sum_bits"):
+            raise EvalError(f"mia: zlib must be mean_bytes or sum_bits, got {zlib!r}")
+        self.k, self.zlib = k, zlib
 
     def update(self, module: Scorer, batch: dict) -> None:
         stats = module.teacher_forced(batch, logits=True)
@@ -60,9 +70,10 @@ class MIAEvaluator(Evaluator):
             sigma = ((logp.exp() * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=1e-12).sqrt()
             z = (lp - mu) / sigma
             m = max(1, int(self.k * lp.numel()))
-            bits = 8 * len(zlib.compress(answers[i].encode("utf-8")))
+            size = len(zlib.compress(answers[i].encode("utf-8")))
+            ratio = float(lp.mean()) / size if self.zlib == "mean_bytes" else float(lp.sum()) / (8 * size)
             self.rows.append({**key, "question": batch.get("question", [None] * len(answers))[i],
-                              "loss": float(lp.mean()), "zlib": float(lp.sum()) / bits,
+                              "loss": float(lp.mean()), "zlib": ratio,
                               "mink": float(torch.topk(lp, m, largest=False).values.mean()),
                               "minkpp": float(torch.topk(z, m, largest=False).values.mean())})
 
