@@ -177,15 +177,10 @@ def under_run_root(value, root: Path):
 def run_name(configs: list[str]) -> str | None:
     """A run's default version: the file name of the last of ``configs`` that sets ``model.class_path`` (the method
     file); None when none does (the logger numbers its runs)."""
-    import yaml
+    from lit_unlearn.config_files import method_class_of
 
-    name = None
-    for config in configs:
-        path = Path(config)
-        doc = yaml.safe_load(path.read_text()) if path.is_file() else None
-        if isinstance(doc, dict) and isinstance(doc.get("model"), dict) and "class_path" in doc["model"]:
-            name = path.stem
-    return name
+    named = [Path(c) for c in configs if Path(c).is_file() and method_class_of(Path(c))]
+    return named[-1].stem if named else None
 
 
 def one_line(message: str) -> str:

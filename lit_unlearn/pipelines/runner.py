@@ -177,6 +177,7 @@ class Runner:
         self.on_stage = on_stage
         self.records: dict[str, dict] = {}
         self.plan: list[str] = []
+        self._parsed: dict[tuple[Path, ...], list[dict]] = {}  # shipped configs do not change during a run
         self.t0 = time.time()
 
     # ---- values ---------------------------------------------------------------------------------------------------
@@ -186,12 +187,20 @@ class Runner:
         paths = [resolve_config(c) for c in (*stage.configs, *self.settings)]
         return [Path(p) for p in paths]
 
+    def docs(self, stage: Stage) -> list[dict]:
+        """The parsed configs of ``stage``, read once per set of paths (resolve, the floor, the method class and its
+        init_args all read them)."""
+        paths = tuple(self.config_paths(stage))
+        if paths not in self._parsed:
+            self._parsed[paths] = load_configs(list(paths))
+        return self._parsed[paths]
+
     def resolve(self, stage: Stage) -> dict[str, tuple[Any, str]]:
         """Every value the runner decides for ``stage``: dotted key -> (value, source); keys the recipe or a flag
         name but neither sets for this stage report the configs' value or the class default."""
         if not stage.common:
             return {key: (value, "pipeline") for key, value in stage.overrides.items()}
-        docs = load_configs(self.config_paths(stage))
+        docs = self.docs(stage)
         sections = (stage.kind, method_class(docs), stage.name)
         layers = [("pipeline", stage.overrides)]
         for section in sections:
@@ -250,7 +259,7 @@ class Runner:
         """A declared floor, unless the stage's configs switch the floor off (``guard.retain_floor: null``)."""
         if stage.floor is None or not stage.common:
             return False
-        found, value = config_value(load_configs(self.config_paths(stage)), "guard.retain_floor")
+        found, value = config_value(self.docs(stage), "guard.retain_floor")
         return not (found and value is None)
 
     def action(self, stage: Stage) -> str:
@@ -267,7 +276,7 @@ class Runner:
         in the stage's config folder, subcommand, written file and receiving key), and ``stage`` wired to its file;
         ``(None, stage)`` for a method that needs none."""
         cls = self.method(stage)
-        spec = cls.prerequisite_for(init_args(load_configs(self.config_paths(stage)))) if cls else None
+        spec = cls.prerequisite_for(init_args(self.docs(stage))) if cls else None
         if not spec:
             return None, stage
         run_dir = str(self.out / spec["config"])
@@ -294,7 +303,7 @@ class Runner:
         """The method class ``stage``'s configs compose to (None: a follow-up, or not a registered method)."""
         from lit_unlearn.methods import METHODS
 
-        name = method_class(load_configs(self.config_paths(stage))) if stage.common else None
+        name = method_class(self.docs(stage)) if stage.common else None
         return METHODS.get(name) if name else None
 
     def run(self, stages: list[Stage]) -> dict[str, dict]:
