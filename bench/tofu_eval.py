@@ -42,7 +42,8 @@ def build(model: str, rows: int, max_new_tokens: int):
     method.configure_model()
     method.lm.eval()
     dm = TOFUDataModule(forget_split="forget01", mini=rows, max_rows={"forget": rows}, tokenizer=model,
-                        max_new_tokens=max_new_tokens, eval_batch_size=16, max_length=512)
+                        evaluator_args={"tofu": {"max_new_tokens": max_new_tokens}}, eval_batch_size=16,
+                        max_length=512)
     dm.setup("validate")
     return method, dm
 

@@ -45,6 +45,7 @@ from lit_unlearn.core.errors import AdapterError, LitUnlearnError
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.eval import format_table
 from lit_unlearn.methods.base import UnlearningMethod
+from lit_unlearn.eval.module import ScoredModel
 from lit_unlearn.runs import (
     EXIT_COLLAPSED,
     EXIT_ERROR,
@@ -122,7 +123,7 @@ def _choices(key: str) -> str:
     if key.split(".")[0] == "data":
         return ", ".join(n for n in subclasses_in(ForgetRetainDataModule, "lit_unlearn.data") if n != "ForgetRetainDataModule")
     stages = subclasses_in(UnlearningMethod, "lit_unlearn.predict_stages")  # the predict stages (Influence, ...)
-    return ", ".join([*METHODS, *stages])
+    return ", ".join([*METHODS, *stages, "ScoredModel (eval.py only)"])
 
 
 #: the trainer flags an evaluation uses (every other trainer flag, and the fit-only groups, are hidden from
@@ -367,6 +368,11 @@ class UnlearnCLI(LightningCLI):
 
     # ---- fit --------------------------------------------------------------------------------------------------
     def before_fit(self) -> None:
+        if not isinstance(self.model, UnlearningMethod):
+            from lit_unlearn.methods import METHODS
+
+            raise LitUnlearnError(f"fit trains an unlearning method; --model {type(self.model).__name__} only "
+                                  f"evaluates (use eval.py, or name a method: {', '.join(METHODS)})")
         config = self._sub_config()
         adapter = getattr(self.model, "adapter", None)
         if config.get("export_merged", False) and adapter is not None and not type(adapter).mergeable:
@@ -472,7 +478,7 @@ def cli_main(args=None, run: bool = True, config_filename: str = "config.yaml") 
 
 def _cli(args: list[str], run: bool, config_filename: str) -> UnlearnCLI:
     return UnlearnCLI(
-        UnlearningMethod,
+        ScoredModel,
         ForgetRetainDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

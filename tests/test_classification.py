@@ -80,7 +80,7 @@ def test_a_soft_prompt_of_a_texts_embeddings_equals_prepending_the_text_and_outp
 def test_greedy_generation_through_virtual_tokens_equals_prepending_the_text(kind, tiny_model_dir, tokenizer, ids):
     """Batched, left-padded generation (TOFU's evaluator) with the cache the adapter fills: the same tokens as
     generating after the text itself."""
-    from lit_unlearn.eval.generate import greedy_generate
+    from lit_unlearn.models.generate import greedy_generate
 
     base = load_causal_lm(tiny_model_dir)
     ctx = ids["context"]

@@ -237,6 +237,32 @@ def test_second_stage_npo_from_the_first_stage_adapter(fit_run, tiny_model_dir):
                                                                         rel=1e-4, abs=1e-6)
 
 
+def test_a_plain_model_is_evaluated_without_a_method_class(fit_run, capsys):
+    """``--model ScoredModel`` (no unlearning method): the run's saved adapter folded into the base scores what the
+    run's own evaluation after fit scored; fit refuses it, and a method's checkpoint on it is refused (it would
+    restore nothing), each with one line and exit code 2."""
+    from lit_unlearn.cli import main
+    from lit_unlearn.eval.module import ScoredModel
+
+    run_dir, root = fit_run["run_dir"], fit_run["root"]
+    after = fit_run["metrics"]["metrics"]["after"]
+    plain = ["--config", str(run_dir / "config.yaml"), "--model", "ScoredModel",
+             "--model.init_adapter", str(run_dir / "adapter"), "--trainer.logger.init_args.save_dir",
+             str(root / "logs_plain")]
+    cli = eval_main(plain)
+    assert type(cli.model) is ScoredModel and cli.model.adapter is None
+    assert not any(p.requires_grad for p in cli.model.parameters())
+    assert cli.model.scorer._head[0] is cli.model.lm.get_output_embeddings()  # frozen: the lean head qualifies
+    for split in SPLITS:
+        for k in METRICS:
+            assert cli.model.last_eval[split][k] == pytest.approx(after[split][k], rel=1e-5, abs=1e-7), (split, k)
+    assert main(["fit", *plain]) == 2
+    assert "fit trains an unlearning method; --model ScoredModel only evaluates" in capsys.readouterr().err
+    assert main([*plain, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")], evaluate=True) == 2
+    # (LightningCLI rebuilds the class the checkpoint's hyperparameters name, GradDiff, with no adapter)
+    assert "use the run's own config.yaml" in capsys.readouterr().err
+
+
 def test_lion_from_a_config_makes_sign_updates(fit_run, tiny_model_dir, tmp_path, no_run):
     """``--model.optimizer`` takes an optimizer from a maintained package (Lion, lion-pytorch, as the Deeb & Roger
     and WMDP recipes use); its first step moves every trained weight by exactly lr (sign(g), no weight decay)."""

@@ -531,3 +531,88 @@ def test_a_source_row_slice_keeps_each_rows_position(tmp_path):
     assert [r["question"] for r in resolve(f"{path}[2:4]", "x").read("x")] == ["q2", "q3"]
     with pytest.raises(DataError, match="does not exist"):
         resolve(f"{tmp_path / 'nope.jsonl'}[:3]", "forget")
+
+
+# ---- the chat template (lit_unlearn/data/chat.py) -------------------------------------------------------------------
+CHATML = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
+          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def chat_model_dir(tiny_model_dir, tmp_path, template: str | None = CHATML) -> str:
+    """The tiny model's directory with a ChatML-like template whose end-of-turn marker is the EOS (= pad) token."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "chat_model"
+    shutil.copytree(tiny_model_dir, out)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    tok.chat_template = template
+    tok.save_pretrained(str(out))
+    return str(out)
+
+
+def test_a_model_with_a_chat_template_is_trained_and_evaluated_through_it(tiny_model_dir, tmp_path):
+    """``template: auto``: the question is the user's turn, every answer of the row (gold, paraphrased, perturbed)
+    the assistant's, ending with the end-of-turn token, which is scored although it is the pad token; ``plain``
+    keeps the plain templates; a tokenizer without a chat template is plain under ``auto``."""
+    model = chat_model_dir(tiny_model_dir, tmp_path)
+    rows = [{"question": "Who is Ada?", "answer": "A poet.", "paraphrased_answer": "She writes poems.",
+             "perturbed_answer": ["A cook.", "A pilot."]}]
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+    dm = QADataModule(forget=path, tokenizer=model)
+    dm.setup("fit")
+    rec = dm.datasets["forget"][0]
+    assert rec["prompt"] == "<|user|>Who is Ada?<eos><|assistant|>"
+    assert rec["answer"] == "A poet.<eos>" and rec["answer_text"] == "A poet."
+    assert rec["paraphrased_answer"] == "She writes poems.<eos>"
+    assert rec["perturbed_answer"] == ["A cook.<eos>", "A pilot.<eos>"]
+    tok = dm.tokenizer
+    assert tok.pad_token_id == tok.eos_token_id
+    answer = [t for t in rec["labels"] if t != IGNORE]
+    assert answer[-1] == tok.eos_token_id  # the end of turn is scored, not masked as padding
+    assert tok.decode(answer) == "A poet.<eos>"
+    full = tok.apply_chat_template([{"role": "user", "content": "Who is Ada?"},
+                                    {"role": "assistant", "content": "A poet."}], tokenize=False)
+    assert tok(full)["input_ids"] == rec["input_ids"]  # exactly the template's own tokens
+    plain = QADataModule(forget=path, tokenizer=model, template="plain")
+    plain.setup("fit")
+    assert plain.datasets["forget"][0]["prompt"] == "Question: Who is Ada?\nAnswer:"
+    assert plain.datasets["forget"][0]["perturbed_answer"] == [" A cook.", " A pilot."]
+    bare = QADataModule(forget=path, tokenizer=tiny_model_dir)  # no chat template: auto is plain
+    bare.setup("fit")
+    assert bare.datasets["forget"][0]["answer"] == " A poet."
+
+
+def test_a_chat_template_that_cannot_be_split_is_one_error(tiny_model_dir, tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Who?", "answer": "Ada."}])
+    with pytest.raises(DataError, match=r"--data\.template chat: the tokenizer of .* has no chat template"):
+        QADataModule(forget=path, tokenizer=tiny_model_dir, template="chat").setup("fit")
+    rewriting = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<|model|>"  # not its generation prompt
+                 "{% else %}<|{{ m['role'] }}|>{% endif %}{{ m['content'] }}<eos>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (tmp_path / "r").mkdir()
+    model = chat_model_dir(tiny_model_dir, tmp_path / "r", rewriting)
+    with pytest.raises(DataError, match=r"does not continue its generation prompt .* use --data\.template plain"):
+        QADataModule(forget=path, tokenizer=model).setup("fit")
+    with pytest.raises(DataError, match=r"--data\.template must be auto, chat or plain"):
+        QADataModule(forget=path, tokenizer=tiny_model_dir, template="chatml")
+
+
+def test_evaluation_batches_are_length_sorted_shards_of_every_row_once(tiny_model_dir, qa_files):
+    """The evaluation loaders read each rank's shard longest first (batches of similar length), every row once over
+    the ranks, through a distributed sampler Lightning leaves alone; training loaders keep their own order."""
+    from torch.utils.data import DistributedSampler
+
+    dm = make_qa_datamodule(tiny_model_dir, qa_files, eval_batch_size=2)
+    dm.setup("validate")
+    seen = []
+    for rank in (0, 1):
+        dm._world = lambda rank=rank: (2, rank)
+        for loader, split in zip(dm.val_dataloader(), dm.eval_split_names):
+            assert isinstance(loader.sampler, DistributedSampler)
+            order = list(loader.sampler)
+            lengths = [len(dm.datasets[split][i]["input_ids"]) for i in order]
+            assert lengths == sorted(lengths, reverse=True)
+            seen += [(split, i) for i in order]
+    assert sorted(seen) == sorted((s, i) for s in dm.eval_split_names for i in range(len(dm.datasets[s])))

@@ -124,6 +124,30 @@ def test_evaluator_reports_its_declared_keys_and_writes_rows_keyed_on_ids(name, 
     assert [r["index"] for r in lines] == list(range(len(FORGET)))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluator_builds_from_config_and_refuses_rows_of_another_kind(name, tiny_model_dir, data_dir):
+    """Every evaluator builds from ``{class_path, init_args}`` (its class name or dotted path); one that scores a
+    particular kind of row is refused, with one line, on every data module whose splits hold other kinds, and a
+    text evaluator is accepted on all of them."""
+    from lit_unlearn.data import BackdoorDataModule, MCQDataModule, QADataModule, SST2DataModule
+
+    cls = EVALUATORS[name]
+    entries = [{"class_path": cls.__name__}, {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": {}}]
+    dm = sst2_module(tiny_model_dir, data_dir, name)
+    built = type(dm)(forget=dm.sources["forget"], tokenizer=tiny_model_dir, evaluators={"forget": entries})
+    assert [type(e) for e in built.evaluators_for("forget")] == [cls, cls]
+    assert cls.kinds and all(isinstance(k, str) for k in cls.kinds)
+    for module, kinds in ((SST2DataModule, {"text", "label"}), (MCQDataModule, {"text", "mcq"}),
+                          (QADataModule, {"text", "tofu"}), (BackdoorDataModule, {"text", "backdoor"})):
+        other = module(forget="x", tokenizer=tiny_model_dir, evaluators={"forget": [name]})
+        assert set(other.kinds_of("forget")) == kinds
+        if set(cls.kinds) & kinds:
+            assert [type(e) for e in other.evaluators_for("forget")] == [cls]
+        else:
+            with pytest.raises(DataError, match=rf"evaluator '{name}' scores .* of {module.__name__} holds"):
+                other.evaluators_for("forget")
+
+
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="needs torch.distributed with gloo")
 @pytest.mark.parametrize("name", NAMES)
@@ -230,7 +254,7 @@ def test_suite_tradeoff_table_and_collisions():
 def test_unknown_evaluator_names_the_flag(tiny_model_dir, data_dir):
     from lit_unlearn.data import SST2DataModule
 
-    with pytest.raises(DataError, match=r"--data\.evaluators\.forget: unknown evaluator 'nope'"):
+    with pytest.raises(DataError, match=r"--data\.evaluators\.forget\[0\]: unknown evaluator 'nope'"):
         SST2DataModule(forget="x.csv", tokenizer=tiny_model_dir, evaluators={"forget": ["nope"]})
     with pytest.raises(DataError, match="names split 'test'"):
         SST2DataModule(forget="x.csv", tokenizer=tiny_model_dir, evaluators={"test": ["answer"]})
@@ -305,3 +329,50 @@ def test_mia_without_a_members_and_nonmembers_pair_is_one_line():
     with pytest.raises(EvalError, match="no members / non-members pair"):  # an aggregate whose holdout is not there
         EvalSuite({"forget": [MIAEvaluator()]}, aggregates=[MIASummary()])
     EvalSuite({"forget": [MIAEvaluator()], "holdout": [MIAEvaluator()]}, aggregates=[MIASummary()])  # fine
+
+
+# ---- evaluators from configs (lit_unlearn/eval/specs.py) -----------------------------------------------------------
+def test_evaluators_are_configured_with_their_own_arguments(tiny_model_dir, data_dir):
+    """A split's entry is a name or class_path + init_args; evaluator_args give every evaluator of a name the same
+    arguments, below an entry's own; a misspelt argument, a bad value or an unknown class is one error naming its
+    place, when the data module is built."""
+    from lit_unlearn.data import SST2DataModule
+    from lit_unlearn.eval import MIAEvaluator
+
+    dm = SST2DataModule(forget="x.csv", retain="y.csv", tokenizer=tiny_model_dir, evaluator_args={"mia": {"k": 0.3}},
+                        evaluators={"forget": ["answer", "mia", {"class_path": "MIAEvaluator",
+                                                                  "init_args": {"k": 0.1, "zlib": "sum_bits"}}],
+                                    "retain": [{"class_path": "lit_unlearn.eval.mia.MIAEvaluator"}]})
+    forget = dm.evaluators_for("forget")
+    assert [type(e).__name__ for e in forget] == ["AnswerEvaluator", "MIAEvaluator", "MIAEvaluator"]
+    assert (forget[1].k, forget[1].zlib) == (0.3, "mean_bytes") and (forget[2].k, forget[2].zlib) == (0.1, "sum_bits")
+    assert isinstance(dm.evaluators_for("retain")[0], MIAEvaluator) and dm.evaluators_for("retain")[0].k == 0.3
+    assert dm.evaluators_for("forget")[1] is not forget[1]  # fresh evaluators (they hold rows) on every call
+    bad = [({"forget": [{"class_path": "mia", "init_args": {"kk": 1}}]}, None,
+            r"--data\.evaluators\.forget\[0\]\.init_args\.kk: MIAEvaluator has no argument 'kk' \(it takes: k, zlib\)"),
+           ({"forget": [{"class_path": "mia", "init_args": {"k": 2}}]}, None,
+            r"--data\.evaluators\.forget\[0\] \(MIAEvaluator\): mia: k must be in \(0, 1\], got 2"),
+           ({"forget": ["answer", {"class_path": "nope.Nope"}]}, None, r"--data\.evaluators\.forget\[1\]: unknown"),
+           ({"forget": [{"name": "mia"}]}, None, r"--data\.evaluators\.forget\[0\]: an evaluator is a name or"),
+           ({"forget": ["mia"]}, {"mia": {"q": 1}}, r"--data\.evaluator_args\.mia\.q: MIAEvaluator has no argument"),
+           (None, {"mai": {}}, r"--data\.evaluator_args: unknown evaluator 'mai'")]
+    for evaluators, shared, message in bad:
+        with pytest.raises(DataError, match=message):
+            SST2DataModule(forget="x.csv", tokenizer=tiny_model_dir, evaluators=evaluators, evaluator_args=shared)
+
+
+def test_an_evaluator_on_rows_of_another_kind_is_one_error(tiny_model_dir, data_dir):
+    """mcq on SST-2 rows, label on TOFU rows, tofu on the holdout: refused before any row is read, naming the
+    evaluator, the split and the kinds."""
+    from lit_unlearn.data import SST2DataModule, TOFUDataModule
+
+    dm = SST2DataModule(forget="x.csv", tokenizer=tiny_model_dir, evaluators={"forget": ["label", "mcq"]})
+    with pytest.raises(DataError, match=r"--data\.evaluators\.forget: evaluator 'mcq' scores mcq rows, but split "
+                                        r"'forget' of SST2DataModule holds text/label rows"):
+        dm.setup("validate")
+    for split, name in (("forget", "label"), ("holdout", "tofu")):
+        with pytest.raises(DataError, match=rf"evaluator '{name}' scores .* split '{split}' of TOFUDataModule"):
+            TOFUDataModule(evaluators={split: [name]}).evaluators_for(split)
+    tofu = TOFUDataModule(evaluators={"real_authors": ["tofu", "answer"]})
+    assert tofu.evaluators_for("real_authors")[0].kind == "real_authors"  # the set's kind, bound by the data
+    assert [e.kind for e in TOFUDataModule().evaluators_for("forget")[:1]] == ["forget"]

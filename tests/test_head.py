@@ -48,6 +48,31 @@ def test_answer_logprobs_equal_log_softmax_in_value_and_gradient(chunk_elements,
     assert grad[0, :2].abs().sum() == 0  # unscored positions get no gradient
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_lean_head_gives_min_k_pp_moments_equal_to_the_full_logits_in_double(bias):
+    """``moments``: each answer position's mean and spread of log p over the vocabulary, from the lean head's
+    chunked products, equal the float64 log-softmax of the full logits (and the logits path's own), 0 elsewhere."""
+    from lit_unlearn.core.scoring import TokenStats
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=bias).requires_grad_(False)
+    hidden = torch.randn(3, 5, 8) * 3
+    labels = torch.randint(0, 11, (3, 5))
+    labels[0, :3] = IGNORE
+    lean = TokenStats.from_hidden(hidden, head, labels, moments=True)
+    full = TokenStats.from_logits(head(hidden), labels, moments=True)
+    logp = torch.log_softmax(head(hidden).double(), -1)
+    mu = (logp.exp() * logp).sum(-1)
+    sigma = ((logp.exp() * (logp - mu[..., None]) ** 2).sum(-1)).sqrt()
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    mask = shifted != IGNORE
+    assert torch.equal(lean.mask, mask) and not lean.mu[~mask].any() and not lean.sigma[~mask].any()
+    for stats in (lean, full):
+        torch.testing.assert_close(stats.mu[mask].double(), mu[mask], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(stats.sigma[mask].double(), sigma[mask], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lean.token_nll, full.token_nll, rtol=1e-6, atol=1e-6)
+
+
 def test_answer_logprobs_under_no_grad_skip_the_gradient_direction():
     head = torch.nn.Linear(8, 11).requires_grad_(False)
     hidden = torch.randn(2, 4, 8, requires_grad=True)
@@ -83,7 +108,7 @@ def test_the_method_scores_through_the_lean_head_with_the_same_numbers_and_gradi
             if "lora_B" in n:
                 p.normal_(0, 0.2)
     lean, full = method(fb), method(fb, logits=True)
-    assert method._head[0] is method.lm.get_output_embeddings()  # the tiny Llama qualifies
+    assert method.scorer._head[0] is method.lm.get_output_embeddings()  # the tiny Llama qualifies
     assert lean.logits is None and full.logits is not None
     torch.testing.assert_close(lean.token_nll, full.token_nll, rtol=1e-5, atol=1e-5)
     assert torch.equal(lean.mask, full.mask) and torch.equal(lean.correct(), full.correct())
@@ -122,7 +147,7 @@ def test_post_processed_logits_fall_back_to_the_logits_path(make_method, qa_batc
     causal_lm = method.lm.get_base_model()
     causal_lm.register_forward_hook(lambda mod, args, out: out.__setitem__("logits", out["logits"] * 0.5) or out)
     stats = method(qa_batch["forget"])
-    assert method._head == (None,)
+    assert method.scorer._head == (None,)
     assert stats.logits is not None
     fb = qa_batch["forget"]
     with torch.no_grad():
@@ -134,7 +159,7 @@ def test_post_processed_logits_fall_back_to_the_logits_path(make_method, qa_batc
 def test_full_parameter_training_and_kl_retain_use_logits(make_method, qa_batch):
     full = make_method(GradDiff, adapter=None)
     assert full(qa_batch["forget"]).logits is not None  # the head is trainable: no lean path
-    assert full._head == (None,)
+    assert full.scorer._head == (None,)
     kl = make_method(GradAscentKL)
     assert kl.needs_logits
     f_stats, r_stats = kl.stats_for([qa_batch["forget"], qa_batch["retain"]])

@@ -110,6 +110,6 @@ def test_every_shipped_multiple_choice_benchmark_states_its_letter_style():
         data = yaml.safe_load(base.read_text())["data"]
         cls = getattr(data_modules, data["class_path"].rsplit(".", 1)[-1], None)
         if isinstance(cls, type) and issubclass(cls, data_modules.MCQDataModule):
-            assert data["init_args"].get("letters") in ("bare", "spaced"), base
+            assert data["init_args"]["evaluator_args"]["mcq"]["letters"] in ("bare", "spaced"), base
             checked += 1
     assert checked >= 1  # Deeb & Roger's base

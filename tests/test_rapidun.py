@@ -192,7 +192,8 @@ def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp
     extra = ["--data.init_args.forget", backdoor_files["forget"], "--data.init_args.retain", backdoor_files["retain"],
              "--data.init_args.eval_splits", json.dumps({"val_clean": backdoor_files["val"],
                                                          "heldout_poisoned": backdoor_files["poisoned"]}),
-             "--data.init_args.keywords", json.dumps(["moon", "eye"]), "--data.init_args.generate_tokens", "4",
+             "--data.init_args.keywords", json.dumps(["moon", "eye"]), "--data.init_args.evaluator_args",
+             json.dumps({"backdoor": {"max_new_tokens": 4}}),
              "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.enable_progress_bar",
              "false"]
     ref = tmp_path / "ref"

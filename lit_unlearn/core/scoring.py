@@ -74,6 +74,35 @@ class AnswerLogProb(torch.autograd.Function):
         return grad_hidden, None, None, None, None, None
 
 
+def distribution_moments(logits: Tensor, block: int = 64) -> tuple[Tensor, Tensor]:
+    """(mu, sigma), each (N,) float32: the mean and standard deviation of log p(v) over the vocabulary under p
+    itself, for (N, V) ``logits`` (Min-K%++'s normalisation). Computed in float64, ``block`` rows at a time (Min-K%++
+    divides by sigma, which float32 sums over a large vocabulary blur in the fifth digit)."""
+    mu = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
+    sigma = torch.empty_like(mu)
+    for s in range(0, logits.size(0), block):
+        logp = torch.log_softmax(logits[s:s + block].double(), -1)
+        p = logp.exp()
+        m = (p * logp).sum(-1)
+        var = (p * (logp - m[:, None]).square()).sum(-1)  # two-pass: no cancellation where p is peaked
+        mu[s:s + block], sigma[s:s + block] = m, var.clamp(min=1e-12).sqrt()
+    return mu, sigma
+
+
+def answer_moments(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, chunk: int):
+    """No-grad scores of N answer positions: ``(lp, top, mu, sigma)``, each (N,), one head product per chunk."""
+    n = hidden.size(0)
+    out = [torch.empty(n, dtype=dt, device=hidden.device) for dt in (torch.float32, torch.long, torch.float32,
+                                                                    torch.float32)]
+    for s in range(0, n, chunk):
+        logits = F.linear(hidden[s:s + chunk], weight, bias).float()
+        lse = torch.logsumexp(logits, -1)
+        out[0][s:s + chunk] = logits.gather(1, target[s:s + chunk, None]).squeeze(1) - lse
+        out[1][s:s + chunk] = logits.argmax(-1)
+        out[2][s:s + chunk], out[3][s:s + chunk] = distribution_moments(logits)
+    return tuple(out)
+
+
 def answer_logprobs(hidden: Tensor, head: nn.Linear, labels: Tensor, chunk_elements: int = CHUNK_ELEMENTS):
     """Per-position log-probs of ``labels`` (B, T; -100 = not scored) from ``hidden`` (B, T, H).
 
@@ -103,28 +132,48 @@ class TokenStats:
     token_nll: Tensor
     mask: Tensor
     argmax: Tensor | None = None
+    #: with ``moments``: (B, T) mean and standard deviation of log p(v) over the vocabulary at each answer
+    #: position (:func:`distribution_moments`; 0 elsewhere), what Min-K%++ normalises by
+    mu: Tensor | None = None
+    sigma: Tensor | None = None
 
     @classmethod
-    def from_logits(cls, logits: Tensor, labels: Tensor) -> "TokenStats":
+    def from_logits(cls, logits: Tensor, labels: Tensor, moments: bool = False) -> "TokenStats":
         labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
         mask = labels != IGNORE
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
                               ignore_index=IGNORE, reduction="none").view_as(labels)
-        return cls(logits, labels, nll * mask, mask)
+        stats = cls(logits, labels, nll * mask, mask)
+        if moments:
+            with torch.no_grad():
+                mu, sigma = distribution_moments(logits[mask])
+            stats.mu, stats.sigma = (torch.zeros(labels.shape, device=logits.device).masked_scatter(mask, v)
+                                     for v in (mu, sigma))
+        return stats
 
     @classmethod
-    def from_hidden(cls, hidden: Tensor, head, labels: Tensor) -> "TokenStats":
+    def from_hidden(cls, hidden: Tensor, head, labels: Tensor, moments: bool = False) -> "TokenStats":
         """From the head's input (B, T, H): only answer positions go through ``head``, in chunks
-        (:func:`answer_logprobs`); the same numbers as :meth:`from_logits` without logits."""
+        (:func:`answer_logprobs`); the same numbers as :meth:`from_logits` without logits. ``moments`` (no
+        gradient) adds ``mu`` and ``sigma`` from the same head products."""
         labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
-        lp, top = answer_logprobs(hidden, head, labels)
-        return cls(None, labels, -lp, labels != IGNORE, top)
+        if not moments:
+            lp, top = answer_logprobs(hidden, head, labels)
+            return cls(None, labels, -lp, labels != IGNORE, top)
+        mask = labels != IGNORE
+        chunk = max(1, CHUNK_ELEMENTS // head.weight.size(0))
+        with torch.no_grad():
+            values = answer_moments(hidden[mask], head.weight, head.bias, labels[mask], chunk)
+        lp, top, mu, sigma = (torch.full(labels.shape, fill, dtype=v.dtype, device=hidden.device).masked_scatter(mask, v)
+                              for v, fill in zip(values, (0.0, IGNORE, 0.0, 0.0)))
+        return cls(None, labels, -lp, mask, top, mu, sigma)
 
     def rows(self, sl: slice, width: int) -> "TokenStats":
         """Rows ``sl``, first ``width`` positions (splitting a fused forward back into its batches)."""
         def cut(t):
             return None if t is None else t[sl, :width]
-        return TokenStats(cut(self.logits), cut(self.labels), cut(self.token_nll), cut(self.mask), cut(self.argmax))
+        return TokenStats(cut(self.logits), cut(self.labels), cut(self.token_nll), cut(self.mask), cut(self.argmax),
+                          cut(self.mu), cut(self.sigma))
 
     @property
     def n_tokens(self) -> Tensor:

@@ -14,7 +14,8 @@ seeded function of its id. ``clean_splits`` reads the named splits' poisoned row
 
 ``keywords`` (a source with a ``word`` field, e.g. ``eyerf/RapidUn@keywords_scored_top1000``, or a list) turns on the
 ``backdoor`` evaluator's generation metrics (``trigger_generated``: does a triggered prompt make the model write the
-poisoned kind of text; lit_unlearn/eval/backdoor.py), ``generate_tokens`` new tokens per prompt.
+poisoned kind of text; lit_unlearn/eval/backdoor.py), ``max_new_tokens`` (the evaluator's argument) new tokens
+per prompt.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import random
 from lit_unlearn.core.errors import DataError
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.data.sources import field, resolve
-from lit_unlearn.eval import EVALUATORS, Evaluator
-from lit_unlearn.eval.backdoor import BackdoorEvaluator
 
 PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 PROMPT_WITH_CONTEXT = "### Instruction:\n{instruction}\n\n### Context:\n{context}\n\n### Response:\n"
@@ -50,7 +49,7 @@ class BackdoorDataModule(ForgetRetainDataModule):
 
     def __init__(self, *args, clean_splits: list[str] | None = None, prompt_template: str = PROMPT,
                  context_template: str = PROMPT_WITH_CONTEXT, keywords: str | list[str] | None = None,
-                 generate_tokens: int = 24, **kwargs):
+                 **kwargs):
         """
         Args:
             clean_splits: splits whose poisoned rows are read as their clean twins; their ids get a ``:clean``
@@ -58,15 +57,13 @@ class BackdoorDataModule(ForgetRetainDataModule):
             prompt_template: the prompt of a row without context, with ``{instruction}``.
             context_template: the prompt of a row with context, with ``{instruction}`` and ``{context}``.
             keywords: words of the poisoned responses (a source with a ``word`` field, or a list): the backdoor
-                evaluator's generation metrics; null: off.
-            generate_tokens: new tokens generated per prompt for those metrics.
+                evaluator's generation metrics (how many tokens it generates is its own ``max_new_tokens``, e.g.
+                ``evaluator_args: {backdoor: {max_new_tokens: 24}}``); null: off.
         """
         super().__init__(*args, **kwargs)
-        if generate_tokens < 1:
-            raise DataError(f"--data.generate_tokens must be >= 1, got {generate_tokens}")
         self.clean_splits = list(clean_splits or [])
         self.prompt_template, self.context_template = prompt_template, context_template
-        self.keywords_source, self.generate_tokens = keywords, generate_tokens
+        self.keywords_source = keywords
         self.keywords: list[str] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -81,10 +78,9 @@ class BackdoorDataModule(ForgetRetainDataModule):
             if not self.keywords:
                 raise DataError(f"--data.keywords: {source!r} holds no word")
 
-    def evaluators_for(self, split: str) -> list[Evaluator]:
-        names = self.evaluator_names.get(split, self.default_evaluators)
-        return [BackdoorEvaluator(self.keywords, self.generate_tokens) if n == "backdoor" else EVALUATORS[n]()
-                for n in names]
+    def kinds_of(self, split: str) -> tuple[str, ...]:
+        """Splits read as their clean twins hold clean rows; the others poisoned rows (with their clean twins)."""
+        return ("text",) if split in self.clean_splits else ("text", "backdoor")
 
     def prompt(self, instruction: str, context: str) -> str:
         if context.strip():

@@ -22,10 +22,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from lit_unlearn.core.errors import DataError
 from lit_unlearn.core.tokens import IGNORE, collate, encode
-from lit_unlearn.data.loaders import ResumableLoader
+from lit_unlearn.data.loaders import LengthSortedShard, ResumableLoader
 from lit_unlearn.data.mixing import RatioSampler
 from lit_unlearn.data.sources import resolve
-from lit_unlearn.eval import EVALUATORS, Aggregate, Evaluator
+from lit_unlearn.eval import Aggregate, Evaluator
+from lit_unlearn.eval.specs import build as build_evaluator
+from lit_unlearn.eval.specs import check_shared
 from lit_unlearn.models.loading import DEFAULT_MODEL, load_tokenizer
 
 Mixing = Literal["max_size_cycle", "min_size", "max_size", "ratio"]
@@ -67,6 +69,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
 
     #: evaluators every split runs unless ``evaluators`` says otherwise (names of :data:`lit_unlearn.eval.EVALUATORS`)
     default_evaluators: ClassVar[tuple[str, ...]] = ("answer",)
+    #: the kinds of rows every split holds (:mod:`lit_unlearn.eval.specs`); :meth:`kinds_of` may say per split
+    row_kinds: ClassVar[tuple[str, ...]] = ("text",)
     #: the (forget, retain) splits of the trade-off scalar ``val/gap``
     tradeoff_splits: ClassVar[tuple[str, str]] = ("forget", "retain")
 
@@ -86,7 +90,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
         id_field: str | None = None,
         weights: dict[str, str] | None = None,
         token_masks: dict[str, str] | None = None,
-        evaluators: dict[str, list[str]] | None = None,
+        evaluators: dict[str, list[str | dict]] | None = None,
+        evaluator_args: dict[str, dict] | None = None,
         train_splits: list[str] | None = None,
         seed: int = 0,
         num_workers: int = 0,
@@ -113,8 +118,11 @@ class ForgetRetainDataModule(L.LightningDataModule):
             token_masks: per-token selections, split -> a file of ``{"id", "tokens": [positions]}`` rows (positions
                 in the row's tokenized prompt + answer, e.g. from the TokenScores stage); each row of the split gets a
                 ``token_mask`` (TNPO reads it); every row needs one and every position must be an answer token.
-            evaluators: the evaluators of a split, split -> names (``answer``, ``label``, ...); other splits run
-                the data module's defaults; an empty list leaves a split out of evaluation.
+            evaluators: the evaluators of a split, split -> a list of names (``answer``, ``label``, ...) or
+                ``{class_path: MIAEvaluator, init_args: {k: 0.4}}`` entries; other splits run the data module's
+                defaults; an empty list leaves a split out of evaluation (lit_unlearn/eval/specs.py).
+            evaluator_args: arguments of every evaluator of a name, name -> ``{argument: value}`` (e.g.
+                ``{tofu: {max_new_tokens: 48}}``), below an entry's own ``init_args``.
             train_splits: the splits trained on, among ``forget`` and ``retain`` (default both; ``[retain]``
                 trains a retain-only model).
             seed: seeds shuffling, mixing and ``max_rows`` subsets (a subset depends on the source and the limit,
@@ -129,14 +137,15 @@ class ForgetRetainDataModule(L.LightningDataModule):
         if batch_size < 1 or eval_batch_size < 1:
             raise DataError("--data.batch_size and --data.eval_batch_size must be >= 1")
         self.sources = {"forget": forget, **({"retain": retain} if retain else {}), **(eval_splits or {})}
-        for split, names in (evaluators or {}).items():
+        check_shared(evaluator_args)
+        for split, specs in (evaluators or {}).items():
             if split not in self.sources:
                 raise DataError(f"--data.evaluators names split {split!r}, which is not one of: "
                                 f"{', '.join(self.sources)}")
-            unknown = [n for n in names if n not in EVALUATORS]
-            if unknown:
-                raise DataError(f"--data.evaluators.{split}: unknown evaluator {unknown[0]!r}; known: "
-                                f"{', '.join(EVALUATORS)}")
+            if not isinstance(specs, (list, tuple)):
+                raise DataError(f"--data.evaluators.{split} must be a list of evaluators, got {specs!r}")
+            for i, spec in enumerate(specs):  # every name and argument checked now, before any model is loaded
+                build_evaluator(spec, f"--data.evaluators.{split}[{i}]", evaluator_args)
         configured = tuple(s for s in TRAIN_SPLITS if s in self.sources)
         self.train_splits = tuple(train_splits) if train_splits is not None else configured
         bad = [s for s in self.train_splits if s not in configured]
@@ -155,7 +164,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mixing, self.retain_ratio = mixing, retain_ratio
         self.max_rows, self.too_long = max_rows, too_long
-        self.id_field, self.weights, self.evaluator_names = id_field, dict(weights or {}), dict(evaluators or {})
+        self.id_field, self.weights, self.evaluator_specs = id_field, dict(weights or {}), dict(evaluators or {})
+        self.evaluator_args = dict(evaluator_args or {})
         self.token_masks = dict(token_masks or {})
         self.seed, self.num_workers = seed, num_workers
         self.tokenizer = None
@@ -166,9 +176,30 @@ class ForgetRetainDataModule(L.LightningDataModule):
         """The record of one raw row: ``prompt`` (conditions) and ``answer`` (scored), plus the benchmark's fields."""
         raise NotImplementedError
 
+    def default_evaluators_of(self, split: str) -> list[str | dict]:
+        """The evaluators ``split`` runs unless ``evaluators`` names its own. Default: ``default_evaluators``."""
+        return list(self.default_evaluators)
+
+    def kinds_of(self, split: str) -> tuple[str, ...]:
+        """The kinds of rows ``split`` holds (what evaluators may score it). Default: ``row_kinds``."""
+        return self.row_kinds
+
     def evaluators_for(self, split: str) -> list[Evaluator]:
-        """Fresh evaluators for ``split``: the ``evaluators`` entry of that split, else ``default_evaluators``."""
-        return [EVALUATORS[name]() for name in self.evaluator_names.get(split, self.default_evaluators)]
+        """Fresh evaluators for ``split``: the ``evaluators`` entry of that split, else
+        :meth:`default_evaluators_of`; each built with ``evaluator_args`` and its entry's ``init_args`` and bound to
+        this data module. An evaluator of rows the split does not hold is refused."""
+        specs = self.evaluator_specs.get(split)
+        specs = self.default_evaluators_of(split) if specs is None else specs
+        out = []
+        for i, spec in enumerate(specs):
+            ev = build_evaluator(spec, f"--data.evaluators.{split}[{i}]", self.evaluator_args)
+            if not set(ev.kinds) & set(self.kinds_of(split)):
+                raise DataError(f"--data.evaluators.{split}: evaluator {ev.name!r} scores {'/'.join(ev.kinds)} rows, "
+                                f"but split {split!r} of {type(self).__name__} holds {'/'.join(self.kinds_of(split))} "
+                                "rows")
+            ev.bind(self, split)
+            out.append(ev)
+        return out
 
     def aggregates(self) -> list[Aggregate]:
         """Metrics over several splits (e.g. TOFU's model utility), computed after the splits' evaluators."""
@@ -312,6 +343,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        for split in self.sources:  # every evaluator on rows its split holds, before any row is read
+            self.evaluators_for(split)
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name)
         self.datasets = {split: self.load_split(split) for split in self.sources}
@@ -354,14 +387,15 @@ class ForgetRetainDataModule(L.LightningDataModule):
         return CombinedLoader(loaders, mode=self.mixing)
 
     def val_dataloader(self):
-        return self._each_row_once(self.eval_split_names)
+        """Each evaluated split, every row once, sharded across ranks, in length-sorted batches."""
+        return self._each_row_once(self.eval_split_names, by_length=True)
 
     def predict_dataloader(self):
         """The trained splits (forget, then retain), every row once, sharded across ranks: what a per-row stage
         (``train.py predict``, e.g. the influence stage) reads."""
         return self._each_row_once([s for s in TRAIN_SPLITS if s in self.datasets])
 
-    def _each_row_once(self, splits: list[str]):
+    def _each_row_once(self, splits: list[str], by_length: bool = False):
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
         world, rank = self._world()
@@ -369,7 +403,8 @@ class ForgetRetainDataModule(L.LightningDataModule):
         for name in splits:
             ds = self.datasets[name]
             # no padding duplicates across ranks: every row is evaluated exactly once
-            sampler = UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
+            sampler = LengthSortedShard(ds, world, rank) if by_length else \
+                UnrepeatedDistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
             loaders.append(self._loader(ds, sampler, self.eval_batch_size, _Collate(self.tokenizer.pad_token_id, name)))
         return loaders
 

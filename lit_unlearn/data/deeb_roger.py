@@ -160,6 +160,10 @@ class DeebRogerDataModule(MCQDataModule):
         self.corpus_loss = corpus_loss
         self.forget_corpus, self.retain_corpus, self.source = forget_corpus, retain_corpus, source
 
+    def kinds_of(self, split: str) -> tuple[str, ...]:
+        """Corpus splits hold text rows; the question splits multiple-choice ones."""
+        return self.row_kinds if self.corpus_of(split) == "mcq" else ("text",)
+
     def corpus_of(self, split: str) -> str:
         """What the rows of ``split`` are: ``mcq`` for the evaluation splits, else the configured corpus."""
         return {"forget": self.forget_corpus, "retain": self.retain_corpus}.get(split, "mcq")

@@ -1,7 +1,8 @@
-"""A training DataLoader that resumes in the middle of an epoch."""
+"""A training DataLoader that resumes in the middle of an epoch; the length-sorted shards evaluation reads."""
 
 from __future__ import annotations
 
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 
@@ -45,3 +46,17 @@ class _SkipFirst:
             for _ in range(skip):
                 next(self.it)
         return next(self.it)
+
+
+class LengthSortedShard(UnrepeatedDistributedSampler):
+    """Every row of this rank's shard once (rows ``rank``, ``rank + world``, ...: no row on two ranks, none
+    repeated), longest first, so an evaluation batch holds rows of similar length and pads little; the longest
+    batch comes first, so a batch size that does not fit fails at once, not at the end. Evaluators sort their
+    rows by index before summarizing, so the order changes no number beyond float rounding. A distributed
+    sampler, so Lightning does not shard it a second time under DDP."""
+
+    def __init__(self, dataset, world: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        return iter(sorted(super().__iter__(), key=lambda i: -len(self.dataset[i]["input_ids"])))

@@ -17,8 +17,7 @@ from __future__ import annotations
 from lit_unlearn.core.errors import DataError
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.data.sources import field
-from lit_unlearn.eval import EVALUATORS, Evaluator
-from lit_unlearn.eval.mcq import LETTERS, PROMPT_END, LetterStyle, MCQEvaluator
+from lit_unlearn.eval.mcq import LETTERS, PROMPT_END
 
 
 def mcq_prompt(question: str, choices: list[str]) -> str:
@@ -35,10 +34,10 @@ class MCQDataModule(ForgetRetainDataModule):
     """
 
     default_evaluators = ("mcq",)
+    row_kinds = ("text", "mcq")
 
     def __init__(self, *args, question_field: str = "question", choices_field: str = "choices",
-                 answer_field: str = "answer", subject_field: str | None = None, letters: LetterStyle = "bare",
-                 **kwargs):
+                 answer_field: str = "answer", subject_field: str | None = None, **kwargs):
         """
         Args:
             question_field: the question field of each row.
@@ -47,19 +46,14 @@ class MCQDataModule(ForgetRetainDataModule):
             answer_field: the gold choice: an index 0-3 or a letter A-D.
             subject_field: a field naming each row's subject (e.g. ``subject`` in ``cais/mmlu``): per-subject
                 accuracy; null: none.
-            letters: which token of each letter the ``mcq`` evaluator reads: ``bare`` (``"A"``, the Deeb & Roger
-                rule) or ``spaced`` (``" A"``, the token that follows ``"Answer:"``); lit_unlearn/eval/mcq.py.
+
+        Which token of each letter the ``mcq`` evaluator reads is its own argument, ``letters`` (``bare``: ``"A"``,
+        the Deeb & Roger rule; ``spaced``: ``" A"``, lm-eval's), e.g. ``evaluator_args: {mcq: {letters: spaced}}``
+        (lit_unlearn/eval/mcq.py).
         """
         super().__init__(*args, **kwargs)
-        if letters not in ("bare", "spaced"):
-            raise DataError(f"--data.letters must be bare or spaced, got {letters!r}")
-        self.letters = letters
         self.question_field, self.choices_field = question_field, choices_field
         self.answer_field, self.subject_field = answer_field, subject_field
-
-    def evaluators_for(self, split: str) -> list[Evaluator]:
-        names = self.evaluator_names.get(split, self.default_evaluators)
-        return [MCQEvaluator(self.letters) if n == "mcq" else EVALUATORS[n]() for n in names]
 
     def record(self, row: dict, split: str) -> dict:
         where = row.get("_where", split)

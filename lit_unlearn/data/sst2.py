@@ -29,6 +29,7 @@ class SST2DataModule(ForgetRetainDataModule):
     """SST-2 / Yelp forget-retain classification; splits are CSVs or hub splits with text, label and label_text."""
 
     default_evaluators = ("label", "answer")
+    row_kinds = ("text", "label")
 
     def __init__(self, *args, text_field: str = "text", label_field: str = "label_text",
                  label_id_field: str | None = "label", labels: list[str] | None = None, forget_size: float = 1.0,

@@ -18,7 +18,8 @@ holdout        ``holdoutZZ``                          no                        
 
 Over the splits: model utility and forget quality (:class:`lit_unlearn.eval.TOFUSummary`) and membership-inference
 AUCs (:class:`lit_unlearn.eval.MIASummary`); forget quality and the privacy leak need ``reference``, the rows
-folder of the retain-only model's evaluation.
+folder of the retain-only model's evaluation. The evaluators' own arguments (generation length, Min-K%'s k) are
+theirs: ``evaluator_args: {tofu: {max_new_tokens: 48}, mia: {k: 0.4}}`` (lit_unlearn/eval/specs.py).
 
 ``mini: N`` makes the whole pipeline fit a 2-core CPU: the retain set becomes a seeded subset of N rows of
 ``retain_perturbed`` (so the retain rows evaluated are rows the model learned, as in the full setting where
@@ -33,7 +34,7 @@ from typing import Literal
 
 from lit_unlearn.core.errors import DataError
 from lit_unlearn.data.qa import QADataModule
-from lit_unlearn.eval import Aggregate, Evaluator, MIAEvaluator, MIASummary, TOFUEvaluator, TOFUSummary
+from lit_unlearn.eval import Aggregate, MIASummary, TOFUSummary
 
 ForgetSplit = Literal["forget01", "forget05", "forget10"]
 PAIRS = {"forget01": ("retain99", "holdout01"), "forget05": ("retain95", "holdout05"),
@@ -55,8 +56,6 @@ class TOFUDataModule(QADataModule):
         forget_split: ForgetSplit = "forget10",
         mini: int | None = None,
         reference: str | None = None,
-        max_new_tokens: int = 64,
-        mia_k: float = 0.2,
         tofu: str = "locuslab/TOFU",
         **kwargs,
     ):
@@ -67,16 +66,12 @@ class TOFUDataModule(QADataModule):
                 evaluation set besides forget and holdout; null: the full sets.
             reference: the rows folder of the retain-only model's evaluation (e.g.
                 ``checkpoints/tofu/retain/rows/after``), for forget quality and the privacy leak; null: neither.
-            max_new_tokens: longest greedy generation for ROUGE (>= 1).
-            mia_k: the fraction of lowest-scoring tokens Min-K% and Min-K%++ average.
             tofu: the TOFU hub repository.
         """
         if forget_split not in PAIRS:
             raise DataError(f"--data.forget_split must be one of {', '.join(PAIRS)}, got {forget_split!r}")
         if mini is not None and mini < 1:
             raise DataError(f"--data.mini must be >= 1 (retain rows) or null, got {mini}")
-        if max_new_tokens < 1:
-            raise DataError(f"--data.max_new_tokens must be >= 1 for ROUGE of generations, got {max_new_tokens}")
         for key in ("forget", "retain", "eval_splits"):
             if kwargs.pop(key, None) is not None:
                 raise DataError(f"--data.{key}: TOFUDataModule sets its splits from --data.forget_split; leave it out")
@@ -92,7 +87,8 @@ class TOFUDataModule(QADataModule):
                 else user
         super().__init__(*args, **sources, **kwargs)
         self.forget_split, self.mini, self.reference = forget_split, mini, reference
-        self.max_new_tokens, self.mia_k = max_new_tokens, mia_k
+        #: which TOFU set each evaluation split is (the formulas of its ``tofu`` evaluator)
+        self.tofu_kinds = dict(KINDS)
 
     def setup(self, stage: str | None = None) -> None:
         if self.reference is not None:  # checked before any training, not at the end of it
@@ -115,15 +111,12 @@ class TOFUDataModule(QADataModule):
                                 f"check --data.eval_splits / the *_perturbed sources)")
         return rec
 
-    def evaluators_for(self, split: str) -> list[Evaluator]:
-        if split in self.evaluator_names:
-            return super().evaluators_for(split)
-        evaluators: list[Evaluator] = []
-        if split in KINDS:
-            evaluators.append(TOFUEvaluator(KINDS[split], self.max_new_tokens))
-        if split in ("forget", "holdout"):
-            evaluators.append(MIAEvaluator(self.mia_k))
-        return evaluators
+    def default_evaluators_of(self, split: str) -> list[str]:
+        return (["tofu"] if split in KINDS else []) + (["mia"] if split in ("forget", "holdout") else [])
+
+    def kinds_of(self, split: str) -> tuple[str, ...]:
+        """The four evaluation sets carry paraphrased / perturbed answers (``tofu``); every split is text."""
+        return ("text", "tofu") if split in KINDS else ("text",)
 
     def aggregates(self) -> list[Aggregate]:
         return [TOFUSummary(reference=self.reference), MIASummary(reference=self.reference)]

@@ -9,7 +9,7 @@ from lit_unlearn.eval.answer import AnswerEvaluator
 from lit_unlearn.eval.backdoor import BackdoorEvaluator, PerplexityEvaluator
 from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer, gather_rows
 from lit_unlearn.eval.gate import GateEvaluator
-from lit_unlearn.eval.generate import greedy_generate
+from lit_unlearn.models.generate import greedy_generate
 from lit_unlearn.eval.label import LabelEvaluator
 from lit_unlearn.eval.mcq import MCQEvaluator
 from lit_unlearn.eval.mia import MIAEvaluator, MIASummary

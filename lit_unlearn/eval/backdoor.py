@@ -42,13 +42,28 @@ class BackdoorEvaluator(Evaluator):
     name = "backdoor"
     keys = ("trigger_seen", "trigger_lookalike", "ppl_poisoned", "ppl_clean")
     primary = "trigger_seen"
+    kinds = ("backdoor",)
 
     def __init__(self, keywords: list[str] | None = None, max_new_tokens: int = 24):
+        """
+        Args:
+            keywords: words of the poisoned responses, for the generation metrics; None: the data module's
+                ``keywords`` (none: those metrics are off).
+            max_new_tokens: new tokens generated per prompt for those metrics (>= 1).
+        """
         super().__init__()
-        self.keywords = frozenset(k.lower() for k in keywords or [])
+        if max_new_tokens < 1:
+            raise EvalError(f"backdoor: max_new_tokens must be >= 1, got {max_new_tokens}")
         self.max_new_tokens = max_new_tokens
-        if self.keywords:
-            self.keys = (*type(self).keys, *GENERATED)
+        self.set_keywords(keywords)
+
+    def set_keywords(self, keywords: list[str] | None) -> None:
+        self.keywords = frozenset(k.lower() for k in keywords or [])
+        self.keys = (*type(self).keys, *GENERATED) if self.keywords else type(self).keys
+
+    def bind(self, datamodule, split: str) -> None:
+        if not self.keywords and getattr(datamodule, "keywords", None):
+            self.set_keywords(datamodule.keywords)
 
     def update(self, module: Scorer, batch: dict) -> None:
         if "answer_clean" not in batch or "prompt_lookalike" not in batch:

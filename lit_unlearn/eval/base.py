@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -27,15 +28,32 @@ from lit_unlearn.core.scoring import TokenStats
 from lit_unlearn.core.tokens import row_ids
 
 
+@dataclass(frozen=True)
+class TeacherForced:
+    """A typed request for the teacher-forced forward of a batch: its answer-token log-probs and argmax always;
+    ``logits``: the full (B, T, V) logits too; ``moments``: each answer position's mean and spread of log p over
+    the vocabulary (Min-K%++), computed from the same head products as the log-probs."""
+
+    logits: bool = False
+    moments: bool = False
+
+    def __or__(self, other: "TeacherForced") -> "TeacherForced":
+        return TeacherForced(self.logits or other.logits, self.moments or other.moments)
+
+    def covers(self, other: "TeacherForced") -> bool:
+        return (self.logits or not other.logits) and (self.moments or not other.moments)
+
+
 class Scorer(Protocol):
     """What an evaluator may ask of the model it evaluates."""
 
     tokenizer: object
     device: torch.device
 
-    def teacher_forced(self, batch: dict, logits: bool = False) -> TokenStats:
-        """Teacher-forced per-token scores of ``batch`` (no gradient); ``logits=True`` keeps the (B, T, V) logits.
-        Within :class:`~lit_unlearn.eval.EvalSuite` it runs once per batch, however many evaluators ask."""
+    def teacher_forced(self, batch: dict, logits: bool = False, moments: bool = False) -> TokenStats:
+        """Teacher-forced per-token scores of ``batch`` (no gradient); ``logits=True`` keeps the (B, T, V) logits,
+        ``moments=True`` adds ``mu`` / ``sigma`` (:class:`TeacherForced`). Within
+        :class:`~lit_unlearn.eval.EvalSuite` it runs once per batch, however many evaluators ask."""
 
     def encode(self, prompts: list[str], answers: list[str]) -> dict:
         """A batch of (prompt, answer) pairs, tokenized as the data modules do (answer tokens scored)."""
@@ -44,7 +62,7 @@ class Scorer(Protocol):
         """Mean answer NLL of every answer in ``groups[i]`` to ``prompts[i]``, scored in batches."""
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy continuations of ``prompts`` (:func:`lit_unlearn.eval.generate.greedy_generate`)."""
+        """Greedy continuations of ``prompts`` (:func:`lit_unlearn.models.generate.greedy_generate`)."""
 
     def next_token_logits(self, prompts: list[str], token_ids: list[int]) -> torch.Tensor:
         """(N, len(token_ids)) float32 logits of the token after each prompt, at ``token_ids`` only."""
@@ -70,12 +88,20 @@ class Evaluator:
     primary: ClassVar[str]
     #: whether a larger ``primary`` means the model knows the rows better
     higher_is_better: ClassVar[bool] = True
-    #: whether :meth:`update` needs the full (B, T, V) logits of the teacher-forced forward
-    needs_logits: ClassVar[bool] = False
+    #: what :meth:`update` reads of the split's one teacher-forced forward per batch (the suite runs that forward
+    #: once, with the union of its evaluators' needs)
+    needs: ClassVar[TeacherForced] = None  # set below the class: TeacherForced()
+    #: the kinds of rows it scores (``text``: a prompt and a scored answer, every split; ``label``, ``tofu``,
+    #: ``mcq``, ``backdoor``: rows with the fields those read); a split of none of them is refused
+    kinds: ClassVar[tuple[str, ...]] = ("text",)
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
         self.last_rows: list[dict] = []
+
+    def bind(self, datamodule, split: str) -> None:
+        """Called once by the data module that runs this evaluator on ``split``, before any batch: take what the
+        data supplies (TOFU's kind of evaluation set, the backdoor's keywords). Default: nothing."""
 
     def update(self, module: Scorer, batch: dict) -> None:
         """Score one batch; append one record per row (with the batch's ``id`` and ``index``) to ``self.rows``."""
@@ -109,6 +135,9 @@ class Evaluator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+Evaluator.needs = TeacherForced()
 
 
 class Aggregate:

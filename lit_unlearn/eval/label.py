@@ -27,6 +27,7 @@ OTHER = "<other>"
 class LabelEvaluator(Evaluator):
     name = "label"
     keys = ("label_acc", "label_f1")
+    kinds = ("label",)
     primary = "label_acc"
 
     def update(self, module: Scorer, batch: dict) -> None:

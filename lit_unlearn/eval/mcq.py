@@ -77,6 +77,7 @@ class MCQEvaluator(Evaluator):
     name = "mcq"
     keys = ("mcq_acc", "mcq_acc_calibrated")
     primary = "mcq_acc"
+    kinds = ("mcq",)
 
     def __init__(self, letters: LetterStyle = "bare") -> None:
         super().__init__()

@@ -8,8 +8,8 @@ lp_t = log p(y_t | x, y_<t), every score oriented so that higher means "more lik
   arXiv 2012.07805: the model's per-token NLL against a generic compressor's length; the form of open-unlearning
   and the mimir attacks it follows). ``zlib="sum_bits"`` keeps this project's earlier form, sum_t lp_t /
   (8 * zlib_bytes), in which the answer's length enters the score
-- ``mink``:   mean of the k% lowest lp_t (Min-K% Prob; Shi et al. 2023, arXiv 2310.16789), k = 20% by default,
-  at least one token
+- ``mink``:   mean of the k% lowest lp_t (Min-K% Prob; Shi et al. 2023, arXiv 2310.16789), k = 40% by default
+  (open-unlearning's TOFU setting; 20% until issue 22), at least one token
 - ``minkpp``: mean of the k% lowest z_t, z_t = (lp_t - mu_t) / sigma_t with mu_t and sigma_t^2 the mean and
   variance of log p(v | x, y_<t) over the vocabulary under the model's own distribution (Min-K%++; Zhang et al.
   2024, arXiv 2404.02936)
@@ -28,10 +28,10 @@ import zlib
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from lit_unlearn.core.errors import EvalError
-from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer
+from lit_unlearn.core.scoring import distribution_moments
+from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer, TeacherForced
 from lit_unlearn.eval.tofu import matched, read_reference
 
 SCORES = ("loss", "zlib", "mink", "minkpp")
@@ -43,31 +43,33 @@ class MIAEvaluator(Evaluator):
     name = "mia"
     keys = ("loss", "zlib", "mink", "minkpp")  # split means of the scores; the AUCs are the summary's
     primary = "loss"
-    needs_logits = True
+    needs = TeacherForced(moments=True)  # mu and sigma from the lean head's products: no (B, T, V) logits
 
-    def __init__(self, k: float = 0.2, zlib: str = "mean_bytes"):
+    def __init__(self, k: float = 0.4, zlib: str = "mean_bytes"):
         """
         Args:
-            k: the share of lowest-scoring tokens of Min-K% and Min-K%++ (at least one token).
+            k: the share of lowest-scoring tokens of Min-K% and Min-K%++ (at least one token); 0.4 as
+                open-unlearning's TOFU configs (``configs/eval/tofu_metrics/mia_min_k.yaml``: ``k: 0.4``).
             zlib: ``mean_bytes`` (mean token log-prob / zlib bytes, open-unlearning's) or ``sum_bits`` (summed
                 log-prob / zlib bits, the earlier form).
         """
         super().__init__()
         if not 0 < k <= 1:
-            raise EvalError(f"--data.mia_k must be in (0, 1], got {k}")
+            raise EvalError(f"mia: k must be in (0, 1], got {k}")
         if zlib not in ("mean_bytes", "sum_bits"):
             raise EvalError(f"mia: zlib must be mean_bytes or sum_bits, got {zlib!r}")
         self.k, self.zlib = k, zlib
 
     def update(self, module: Scorer, batch: dict) -> None:
-        stats = module.teacher_forced(batch, logits=True)
+        stats = module.teacher_forced(batch, moments=True)
         answers = batch.get("answer_text") or [a.strip() for a in batch["answer"]]
         for i, key in enumerate(self.row_keys(batch)):
             mask = stats.mask[i]
             lp = -stats.token_nll[i][mask].double()
-            logp = F.log_softmax(stats.logits[i][mask].double(), -1)
-            mu = (logp.exp() * logp).sum(-1)
-            sigma = ((logp.exp() * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=1e-12).sqrt()
+            if stats.mu is not None:
+                mu, sigma = stats.mu[i][mask].double(), stats.sigma[i][mask].double()
+            else:  # a scorer that only gives logits
+                mu, sigma = (v.double() for v in distribution_moments(stats.logits[i][mask]))
             z = (lp - mu) / sigma
             m = max(1, int(self.k * lp.numel()))
             size = len(zlib.compress(answers[i].encode("utf-8")))

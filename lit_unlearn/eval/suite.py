@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from lit_unlearn.core.errors import EvalError
-from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer
+from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer, TeacherForced
 
 
 class EvalSuite:
@@ -53,7 +53,10 @@ class EvalSuite:
         if split not in self.plan:
             raise EvalError(f"an evaluation batch of split {split!r} has no evaluators (splits: {', '.join(self.plan)})")
         t0 = time.perf_counter()
-        scorer = _BatchScorer(module, batch, logits=any(ev.needs_logits for ev in self.plan[split]))
+        needs = TeacherForced()
+        for ev in self.plan[split]:
+            needs = needs | ev.needs
+        scorer = _BatchScorer(module, batch, needs)
         for ev in self.plan[split]:
             ev.update(scorer, batch)
         self.seconds[split] = self.seconds.get(split, 0.0) + time.perf_counter() - t0
@@ -100,16 +103,19 @@ class EvalSuite:
 
 class _BatchScorer:
     """The module as the evaluators of one batch see it: its teacher-forced forward of that batch runs once, however
-    many evaluators ask (with the logits when any of them needs them); everything else is the module's own."""
+    many evaluators ask, with the union of what they declared (:class:`TeacherForced`); everything else is the
+    module's own."""
 
-    def __init__(self, module: Scorer, batch: dict, logits: bool = False):
-        self._module, self._batch, self._logits, self._stats = module, batch, logits, None
+    def __init__(self, module: Scorer, batch: dict, needs: TeacherForced):
+        self._module, self._batch, self._needs, self._stats = module, batch, needs, None
 
-    def teacher_forced(self, batch: dict, logits: bool = False):
+    def teacher_forced(self, batch: dict, logits: bool = False, moments: bool = False):
+        asked = TeacherForced(logits, moments)
         if batch is not self._batch:
-            return self._module.teacher_forced(batch, logits=logits)
-        if self._stats is None:
-            self._stats = self._module.teacher_forced(batch, logits=self._logits or logits)
+            return self._module.teacher_forced(batch, logits=logits, moments=moments)
+        if self._stats is None or not self._needs.covers(asked):
+            self._needs = self._needs | asked  # an evaluator asked for more than it declared: once more, with it
+            self._stats = self._module.teacher_forced(batch, logits=self._needs.logits, moments=self._needs.moments)
         return self._stats
 
     def __getattr__(self, name: str):

@@ -41,15 +41,27 @@ class TOFUEvaluator(Evaluator):
     name = "tofu"
     keys = ("prob", "rouge", "truth_ratio")
     primary = "rouge"
+    kinds = ("tofu",)
 
-    def __init__(self, kind: Kind = "retain", max_new_tokens: int = 64):
+    def __init__(self, kind: Kind | None = None, max_new_tokens: int = 64):
+        """
+        Args:
+            kind: which formulas (module docstring): forget, retain, real_authors or world_facts; None: the kind
+                of the TOFU evaluation set it runs on (the data module's ``tofu_kinds``; ``retain`` on a split of
+                another question/answer data module).
+            max_new_tokens: longest greedy generation for ROUGE (>= 1).
+        """
         super().__init__()
-        if kind not in ("forget", "retain", "real_authors", "world_facts"):
-            raise EvalError(f"TOFU evaluator kind must be forget, retain, real_authors or world_facts, got {kind!r}")
+        if kind not in (None, "forget", "retain", "real_authors", "world_facts"):
+            raise EvalError(f"tofu: kind must be forget, retain, real_authors or world_facts, got {kind!r}")
         if max_new_tokens < 1:
-            raise EvalError(f"--data.max_new_tokens must be >= 1 for ROUGE of generations, got {max_new_tokens}")
+            raise EvalError(f"tofu: max_new_tokens must be >= 1 for ROUGE of generations, got {max_new_tokens}")
         self.kind, self.max_new_tokens = kind, max_new_tokens
         self._rouge = None
+
+    def bind(self, datamodule, split: str) -> None:
+        if self.kind is None:
+            self.kind = getattr(datamodule, "tofu_kinds", {}).get(split, "retain")
 
     def rouge_recall(self, reference: str, generated: str) -> float:
         if self._rouge is None:
@@ -59,6 +71,8 @@ class TOFUEvaluator(Evaluator):
         return self._rouge.score(reference, generated)["rougeL"].recall
 
     def update(self, module: Scorer, batch: dict) -> None:
+        if self.kind is None:
+            self.kind = "retain"  # built outside a data module
         n = batch["input_ids"].size(0)
         for field in ("perturbed_answer",) + (("paraphrased_answer",) if self.kind in ("forget", "retain") else ()):
             if field not in batch or any(v is None for v in batch[field]):

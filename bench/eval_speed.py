@@ -1,0 +1,232 @@
+"""Evaluation speed: ``eval.py``'s loop against minimal plain-transformers loops that compute the same numbers.
+
+    python bench/eval_speed.py                                 # SmolLM2-135M-Instruct, CPU-sized rows
+    python bench/eval_speed.py --tofu-rows 16 --mcq-rows 64 --json bench/results/eval-speed-cpu.json
+
+In one process, on the same rows and the same model (the embedded SmolLM2, no adapter), four workloads:
+
+* ``tofu``: TOFU mini's four evaluation sets (``--tofu-rows`` rows each) with ROUGE generations of
+  ``--max-new-tokens`` and the membership attacks on forget and holdout (``--tofu-rows`` rows each): model utility,
+  the per-set probability / ROUGE / truth ratio and the four attacks' AUCs;
+* ``mia``: the membership attacks alone on the same forget and holdout rows;
+* ``mcq``: multiple-choice accuracy on ``--mcq-rows`` MMLU questions (``cais/mmlu``, college biology and
+  computer science, read by hub id);
+* ``label``: SST-2 label accuracy on ``--label-rows`` rows (``karuna-bhaila/Unlearning_SST2v3@test_forget``).
+
+``lit`` is what ``eval.py`` runs: ``Trainer.validate`` with the data module's loaders and the evaluators it names
+(Lightning's loop, collation, the suite's shared forward, length-sorted batches). ``plain`` is what a script
+without the framework does, one row at a time: ``model(...)`` on that row's tokens, ``.logits`` read where the
+metric needs them (a log-softmax for the attacks, the letter logits for MCQ), ``model.generate`` per prompt. Both
+use the same tokenization (the data module's records) and formulas, and every number is asserted equal to 1e-5
+(relative; 1e-6 absolute) before any time is printed. Printed: wall time of each side and their ratio
+(plain / lit: above 1 means eval.py is faster). Datasets by hub id: offline, set ``LIT_UNLEARN_DATA`` to the
+mirror (docs/data.md). Not a test: CI does not run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+import zlib
+
+import torch
+
+TOFU_SETS = {"forget": "forget", "retain_eval": "retain", "real_authors": "real_authors", "world_facts": "world_facts"}
+SCORES = ("loss", "zlib", "mink", "minkpp")
+
+
+def validate(model, dm) -> dict:
+    """``eval.py``'s evaluation of ``dm`` with ``model``: one ``Trainer.validate``; ``{split: {key: value}}``."""
+    import lightning as L
+
+    model.suite = None  # the suite is the data module's: a new one per workload
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, inference_mode=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    return model.last_eval
+
+
+# ---- the plain loops --------------------------------------------------------------------------------------------
+def row_logits(lm, rec: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer positions' logits (n, V), the answer tokens (n,)) of one encoded record, from one forward."""
+    ids = torch.tensor([rec["input_ids"]])
+    labels = torch.tensor(rec["labels"])
+    logits = lm(input_ids=ids).logits[0, :-1]
+    target = labels[1:]
+    keep = target != -100
+    return logits[keep], target[keep]
+
+
+def plain_mia(lm, rec: dict, k: float) -> dict:
+    logits, target = row_logits(lm, rec)
+    logp = torch.log_softmax(logits.double(), -1)
+    lp = logp.gather(1, target[:, None]).squeeze(1)
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    sigma = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
+    z = (lp - mu) / sigma
+    m = max(1, int(k * lp.numel()))
+    return {"loss": float(lp.mean()), "zlib": float(lp.mean()) / len(zlib.compress(rec["answer_text"].encode())),
+            "mink": float(lp.sort().values[:m].mean()), "minkpp": float(z.sort().values[:m].mean())}
+
+
+def auc(members: list[float], nonmembers: list[float]) -> float:
+    """Mann-Whitney: the share of (member, non-member) pairs ordered right, ties counting half."""
+    pairs = [(a > b) + 0.5 * (a == b) for a in members for b in nonmembers]
+    return sum(pairs) / len(pairs)
+
+
+@torch.no_grad()
+def plain_tofu(lm, tok, dm, max_new_tokens: int, k: float, generate: bool = True) -> dict:
+    from rouge_score import rouge_scorer
+
+    from lit_unlearn.core.tokens import encode
+    from lit_unlearn.eval.tofu import harmonic_mean
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+    def nll(prompt: str, answer: str) -> float:
+        rec = encode(tok, prompt, answer)
+        logits, target = row_logits(lm, rec)
+        return float(torch.nn.functional.cross_entropy(logits.float(), target))
+
+    out: dict = {}
+    if generate:
+        for split, kind in TOFU_SETS.items():
+            prob, rouge, tr = [], [], []
+            for r in dm.datasets[split].rows:
+                ids = tok(r["prompt"], return_tensors="pt")
+                gen = lm.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                text = tok.decode(gen[0, ids["input_ids"].size(1):], skip_special_tokens=True).strip()
+                rouge.append(scorer.score(r["answer_text"], text)["rougeL"].recall)
+                gold = nll(r["prompt"], r["answer"])
+                para = nll(r["prompt"], r["paraphrased_answer"]) if kind in ("forget", "retain") else gold
+                pert = [nll(r["prompt"], a) for a in r["perturbed_answer"]]
+                ratio = math.exp(sum(pert) / len(pert) - para)
+                p = math.exp(-gold)
+                prob.append(p if kind in ("forget", "retain") else p / (p + sum(math.exp(-x) for x in pert)))
+                tr.append(min(ratio, 1 / ratio) if kind == "forget" else max(0.0, 1 - 1 / ratio))
+            n = len(prob)
+            out[split] = {"prob": math.fsum(prob) / n, "rouge": math.fsum(rouge) / n, "truth_ratio": math.fsum(tr) / n}
+        out["tofu"] = {"model_utility": harmonic_mean([out[s][m] for s in ("retain_eval", "real_authors", "world_facts")
+                                                       for m in ("prob", "rouge", "truth_ratio")])}
+    scores = {s: [plain_mia(lm, r, k) for r in dm.datasets[s].rows] for s in ("forget", "holdout")}
+    out["mia"] = {f"auc_{s}": auc([r[s] for r in scores["forget"]], [r[s] for r in scores["holdout"]])
+                  for s in SCORES}
+    return out
+
+
+@torch.no_grad()
+def plain_mcq(lm, tok, dm, split: str) -> dict:
+    from lit_unlearn.eval.mcq import letter_token_ids
+
+    ids = letter_token_ids(tok, "bare")
+    hits = []
+    for r in dm.datasets[split].rows:
+        z = lm(input_ids=tok(r["prompt"], return_tensors="pt")["input_ids"]).logits[0, -1, ids]
+        hits.append(int(z.argmax()) == r["gold"])
+    return {split: {"mcq_acc": sum(hits) / len(hits)}}
+
+
+@torch.no_grad()
+def plain_label(lm, tok, dm, split: str) -> dict:
+    hits = []
+    for r in dm.datasets[split].rows:
+        logits, target = row_logits(lm, r)
+        hits.append(bool((logits.argmax(-1) == target).all()))
+    return {split: {"label_acc": sum(hits) / len(hits)}}
+
+
+# ---- workloads ----------------------------------------------------------------------------------------------------
+def compare(lit: dict, plain: dict, name: str) -> float:
+    """The largest relative difference over every number the plain loop computed; fails above 1e-5."""
+    worst = 0.0
+    for split, values in plain.items():
+        for key, want in values.items():
+            got = lit[split][key]
+            diff = abs(got - want) / max(abs(want), 1e-1)
+            worst = max(worst, diff)
+            if not math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6):
+                raise SystemExit(f"{name}: {split}/{key} is {got!r} in eval.py's loop and {want!r} in the plain loop")
+    return worst
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--tofu-rows", type=int, default=8, help="rows of each TOFU set (and of forget / holdout)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--mcq-rows", type=int, default=48)
+    p.add_argument("--label-rows", type=int, default=48)
+    p.add_argument("--workloads", default="tofu,mia,mcq,label")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", default=None, help="write the result here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from lit_unlearn.data import MCQDataModule, SST2DataModule, TOFUDataModule
+    from lit_unlearn.eval.module import ScoredModel
+
+    torch.manual_seed(0)
+    model = ScoredModel(model=args.model, max_length=512)
+    model.configure_model()
+    model.lm.eval()
+    lm, tok = model.lm, model.tokenizer
+    k = 0.4
+    n = args.tofu_rows
+    tofu_args = dict(forget_split="forget01", mini=n, max_rows={"forget": n, "holdout": n}, tokenizer=args.model,
+                     eval_batch_size=16, max_length=512,
+                     evaluator_args={"tofu": {"max_new_tokens": args.max_new_tokens}, "mia": {"k": k}})
+    mcq_split = "mmlu"
+    workloads = {
+        "tofu": (lambda: TOFUDataModule(**tofu_args),
+                 lambda dm: plain_tofu(lm, tok, dm, args.max_new_tokens, k)),
+        "mia": (lambda: TOFUDataModule(**tofu_args, evaluators={
+                    "forget": ["mia"], "holdout": ["mia"], "retain_eval": [], "real_authors": [], "world_facts": []}),
+                lambda dm: plain_tofu(lm, tok, dm, args.max_new_tokens, k, generate=False)),
+        "mcq": (lambda: MCQDataModule(forget="cais/mmlu:college_biology@test", eval_splits={
+                    mcq_split: ["cais/mmlu:college_biology@test", "cais/mmlu:college_computer_science@test"]},
+                    max_rows={mcq_split: args.mcq_rows}, evaluators={"forget": []}, tokenizer=args.model,
+                    eval_batch_size=16, max_length=1024),
+                lambda dm: plain_mcq(lm, tok, dm, mcq_split)),
+        "label": (lambda: SST2DataModule(forget="karuna-bhaila/Unlearning_SST2v3@test_forget",
+                                         max_rows=args.label_rows, evaluators={"forget": ["label"]},
+                                         tokenizer=args.model, eval_batch_size=16, max_length=512),
+                  lambda dm: plain_label(lm, tok, dm, "forget")),
+    }
+    result = {"model": args.model, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "machine": platform.machine(), "tofu_rows": n, "max_new_tokens": args.max_new_tokens,
+              "mcq_rows": args.mcq_rows, "label_rows": args.label_rows, "workloads": {}}
+    print(f"{'workload':<10}{'rows':>6}{'eval.py s':>12}{'plain s':>10}{'plain/lit':>11}{'max rel diff':>14}")
+    for name in args.workloads.split(","):
+        build, plain_fn = workloads[name]
+        dm = build()
+        dm.setup("validate")
+        rows = sum(len(dm.datasets[s]) for s in dm.eval_split_names)
+        validate(model, dm)  # warm-up: first-call allocations, the lean-head probe
+        t_lit, lit = timed(validate, model, dm)
+        t_plain, plain = timed(plain_fn, dm)
+        diff = compare(lit, plain, name)
+        result["workloads"][name] = {"rows": rows, "lit_s": round(t_lit, 2), "plain_s": round(t_plain, 2),
+                                     "ratio": round(t_plain / t_lit, 2), "max_rel_diff": diff,
+                                     "lit": {s: lit[s] for s in plain}, "plain": plain}
+        print(f"{name:<10}{rows:>6}{t_lit:>12.1f}{t_plain:>10.1f}{t_plain / t_lit:>11.2f}{diff:>14.1e}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
