@@ -85,8 +85,8 @@ def run_plain(method, dm, max_new_tokens: int) -> dict:
             text = tok.decode(gen[0, ids["input_ids"].size(1):], skip_special_tokens=True).strip()
             rouge.append(scorer.score(r["answer_text"], text)["rougeL"].recall)
             gold = nll(r["prompt"], r["answer"])
-            para = nll(r["prompt"], " " + r["paraphrased_answer"]) if kind in ("forget", "retain") else gold
-            pert = [nll(r["prompt"], " " + a) for a in r["perturbed_answer"]]
+            para = nll(r["prompt"], r["paraphrased_answer"]) if kind in ("forget", "retain") else gold
+            pert = [nll(r["prompt"], a) for a in r["perturbed_answer"]]
             ratio = math.exp(sum(pert) / len(pert) - para)
             p = math.exp(-gold)
             prob.append(p if kind in ("forget", "retain") else p / (p + sum(math.exp(-x) for x in pert)))
@@ -102,9 +102,9 @@ def work_tokens(dm, max_new_tokens: int) -> int:
     tok, total = dm.tokenizer, 0
     for split in SETS:
         for r in dm.datasets[split].rows:
-            answers = [r["answer"], *(" " + a for a in r["perturbed_answer"])]
+            answers = [r["answer"], *r["perturbed_answer"]]
             if r.get("paraphrased_answer") is not None:
-                answers.append(" " + r["paraphrased_answer"])
+                answers.append(r["paraphrased_answer"])
             total += sum(len(encode(tok, r["prompt"], a)["input_ids"]) for a in answers) + max_new_tokens
     return total
 

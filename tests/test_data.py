@@ -85,11 +85,12 @@ def test_eos_inside_an_answer_stays_a_label_in_the_data_module(tiny_model_dir, t
     row = dm.datasets["forget"].rows[0]
     assert row["input_ids"][-1] == eos and row["labels"][-1] == eos
     batch = next(iter(dm.val_dataloader()[0]))
+    i = batch["id"].index(row["id"])  # (evaluation batches are length-sorted: the shorter row comes second)
     k = len(row["input_ids"])
-    assert batch["input_ids"].size(1) > k  # row 0 is right-padded with pad = EOS
-    assert (batch["input_ids"][0, k:] == eos).all()
-    assert (batch["labels"][0] == eos).sum().item() == 1  # the answer's EOS, not the padding
-    assert batch["attention_mask"][0, :k].all() and not batch["attention_mask"][0, k:].any()
+    assert batch["input_ids"].size(1) > k  # the row is right-padded with pad = EOS
+    assert (batch["input_ids"][i, k:] == eos).all()
+    assert (batch["labels"][i] == eos).sum().item() == 1  # the answer's EOS, not the padding
+    assert batch["attention_mask"][i, :k].all() and not batch["attention_mask"][i, k:].any()
 
 
 # ---- error messages -----------------------------------------------------------------------------------------------

@@ -265,11 +265,21 @@ def test_a_batch_is_scored_once_however_many_evaluators_ask(tiny_model_dir, data
     method = scorer(tiny_model_dir)
     calls = []
     forward = method.teacher_forced
-    method.teacher_forced = lambda batch, logits=False: calls.append(1) or forward(batch, logits=logits)
+    method.teacher_forced = lambda batch, logits=False, moments=False: calls.append((logits, moments)) or \
+        forward(batch, logits=logits, moments=moments)
     suite = EvalSuite({"forget": [LabelEvaluator(), AnswerEvaluator()], "retain": [AnswerEvaluator()]})
     batch = next(iter(dm.val_dataloader()[0]))
     suite.update(method, batch)
-    assert len(calls) == 1
+    assert calls == [(False, False)]
+    # the membership attacks ask for the vocabulary moments: still one forward for every evaluator of the batch,
+    # the lean one with the moments, not the (B, T, V) logits
+    from lit_unlearn.eval import MIAEvaluator
+
+    calls.clear()
+    suite = EvalSuite({"forget": [LabelEvaluator(), AnswerEvaluator(), MIAEvaluator()], "retain": [MIAEvaluator()]},
+                      [MIASummary(members="forget", nonmembers="retain")])
+    suite.update(method, batch)
+    assert calls == [(False, True)]
 
 
 def test_greedy_generation_batched_with_left_padding_equals_one_by_one(tiny_model_dir):

@@ -164,8 +164,8 @@ class TokenStats:
         chunk = max(1, CHUNK_ELEMENTS // head.weight.size(0))
         with torch.no_grad():
             values = answer_moments(hidden[mask], head.weight, head.bias, labels[mask], chunk)
-        lp, top, mu, sigma = (torch.full(labels.shape, fill, dtype=v.dtype, device=hidden.device).masked_scatter(mask, v)
-                              for v, fill in zip(values, (0.0, IGNORE, 0.0, 0.0)))
+        lp, top, mu, sigma = (torch.full(labels.shape, fill, dtype=v.dtype, device=hidden.device)
+                              .masked_scatter(mask, v) for v, fill in zip(values, (0.0, IGNORE, 0.0, 0.0)))
         return cls(None, labels, -lp, mask, top, mu, sigma)
 
     def rows(self, sl: slice, width: int) -> "TokenStats":

@@ -11,8 +11,8 @@ leave that one token out (docs/tofu.md).
 A template whose full conversation does not begin with its own generation prompt (one that writes an assistant
 turn otherwise than its generation prompt, or rewrites earlier turns once an answer follows) cannot be split this
 way and is refused, naming ``--data.template plain``; what a template writes before the answer inside the
-assistant's turn (an empty thought block) stays part of the scored continuation. A beginning-of-sequence token the template writes itself is dropped from the prompt
-text when the tokenizer adds it anyway, so it is not there twice.
+assistant's turn (an empty thought block) stays part of the scored continuation. A beginning-of-sequence token the
+template writes itself is dropped from the prompt text when the tokenizer adds it anyway, so it is not there twice.
 """
 
 from __future__ import annotations
