@@ -80,11 +80,12 @@ def auc(members: list[float], nonmembers: list[float]) -> float:
 
 
 @torch.no_grad()
-def plain_tofu(lm, tok, dm, max_new_tokens: int, k: float, generate: bool = True) -> dict:
+def plain_tofu_sets(lm, tok, dm, max_new_tokens: int) -> dict:
+    """TOFU's per-set probability, ROUGE-L recall and truth ratio, one row at a time: ``model.generate`` on the row
+    alone, then one forward per answer (gold, paraphrased, each perturbed)."""
     from rouge_score import rouge_scorer
 
     from lit_unlearn.core.tokens import encode
-    from lit_unlearn.eval.tofu import harmonic_mean
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -94,24 +95,34 @@ def plain_tofu(lm, tok, dm, max_new_tokens: int, k: float, generate: bool = True
         return float(torch.nn.functional.cross_entropy(logits.float(), target))
 
     out: dict = {}
+    for split, kind in TOFU_SETS.items():
+        prob, rouge, tr = [], [], []
+        for r in dm.datasets[split].rows:
+            ids = tok(r["prompt"], return_tensors="pt")
+            gen = lm.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            text = tok.decode(gen[0, ids["input_ids"].size(1):], skip_special_tokens=True).strip()
+            rouge.append(scorer.score(r["answer_text"], text)["rougeL"].recall)
+            gold = nll(r["prompt"], r["answer"])
+            para = nll(r["prompt"], r["paraphrased_answer"]) if kind in ("forget", "retain") else gold
+            pert = [nll(r["prompt"], a) for a in r["perturbed_answer"]]
+            ratio = math.exp(sum(pert) / len(pert) - para)
+            p = math.exp(-gold)
+            prob.append(p if kind in ("forget", "retain") else p / (p + sum(math.exp(-x) for x in pert)))
+            tr.append(min(ratio, 1 / ratio) if kind == "forget" else max(0.0, 1 - 1 / ratio))
+        n = len(prob)
+        out[split] = {"prob": math.fsum(prob) / n, "rouge": math.fsum(rouge) / n, "truth_ratio": math.fsum(tr) / n}
+    return out
+
+
+@torch.no_grad()
+def plain_tofu(lm, tok, dm, max_new_tokens: int, k: float, generate: bool = True) -> dict:
+    """TOFU's sets and model utility (``generate``), then the membership attacks' AUCs on forget vs holdout."""
+    from lit_unlearn.eval.tofu import harmonic_mean
+
+    out: dict = {}
     if generate:
-        for split, kind in TOFU_SETS.items():
-            prob, rouge, tr = [], [], []
-            for r in dm.datasets[split].rows:
-                ids = tok(r["prompt"], return_tensors="pt")
-                gen = lm.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                text = tok.decode(gen[0, ids["input_ids"].size(1):], skip_special_tokens=True).strip()
-                rouge.append(scorer.score(r["answer_text"], text)["rougeL"].recall)
-                gold = nll(r["prompt"], r["answer"])
-                para = nll(r["prompt"], r["paraphrased_answer"]) if kind in ("forget", "retain") else gold
-                pert = [nll(r["prompt"], a) for a in r["perturbed_answer"]]
-                ratio = math.exp(sum(pert) / len(pert) - para)
-                p = math.exp(-gold)
-                prob.append(p if kind in ("forget", "retain") else p / (p + sum(math.exp(-x) for x in pert)))
-                tr.append(min(ratio, 1 / ratio) if kind == "forget" else max(0.0, 1 - 1 / ratio))
-            n = len(prob)
-            out[split] = {"prob": math.fsum(prob) / n, "rouge": math.fsum(rouge) / n, "truth_ratio": math.fsum(tr) / n}
+        out = plain_tofu_sets(lm, tok, dm, max_new_tokens)
         out["tofu"] = {"model_utility": harmonic_mean([out[s][m] for s in ("retain_eval", "real_authors", "world_facts")
                                                        for m in ("prob", "rouge", "truth_ratio")])}
     scores = {s: [plain_mia(lm, r, k) for r in dm.datasets[s].rows] for s in ("forget", "holdout")}

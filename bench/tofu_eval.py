@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+if not __package__:  # run as a file: import this checkout's package ``bench`` (bench/throughput.py does the same)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import bench  # noqa: F401
+    sys.path.pop(0)
 
 SETS = {"forget": "forget", "retain_eval": "retain", "real_authors": "real_authors", "world_facts": "world_facts"}
 
@@ -59,40 +65,12 @@ def run_lit(method, dm) -> dict:
     return suite.compute()
 
 
-@torch.no_grad()
 def run_plain(method, dm, max_new_tokens: int) -> dict:
-    """One row at a time, one forward per answer: the reference loop (same tokenization and metrics)."""
-    from rouge_score import rouge_scorer
+    """One row at a time, one forward per answer: the reference loop (same tokenization and metrics), shared with
+    bench/eval_speed.py."""
+    from bench.eval_speed import plain_tofu_sets
 
-    from lit_unlearn.core.tokens import encode
-
-    lm, tok = method.lm, method.tokenizer
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-    def nll(prompt: str, answer: str) -> float:
-        enc = encode(tok, prompt, answer)
-        ids = torch.tensor([enc["input_ids"]])
-        labels = torch.tensor([enc["labels"]])
-        return float(lm(input_ids=ids, labels=labels).loss)  # HF's mean over the answer tokens
-
-    out = {}
-    for split, kind in SETS.items():
-        prob, rouge, tr = [], [], []
-        for r in dm.datasets[split].rows:
-            ids = tok(r["prompt"], return_tensors="pt")
-            gen = lm.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            text = tok.decode(gen[0, ids["input_ids"].size(1):], skip_special_tokens=True).strip()
-            rouge.append(scorer.score(r["answer_text"], text)["rougeL"].recall)
-            gold = nll(r["prompt"], r["answer"])
-            para = nll(r["prompt"], r["paraphrased_answer"]) if kind in ("forget", "retain") else gold
-            pert = [nll(r["prompt"], a) for a in r["perturbed_answer"]]
-            ratio = math.exp(sum(pert) / len(pert) - para)
-            p = math.exp(-gold)
-            prob.append(p if kind in ("forget", "retain") else p / (p + sum(math.exp(-x) for x in pert)))
-            tr.append(min(ratio, 1 / ratio) if kind == "forget" else max(0.0, 1 - 1 / ratio))
-        out[split] = {"prob": sum(prob) / len(prob), "rouge": sum(rouge) / len(rouge), "truth_ratio": sum(tr) / len(tr)}
-    return out
+    return plain_tofu_sets(method.lm, method.tokenizer, dm, max_new_tokens)
 
 
 def work_tokens(dm, max_new_tokens: int) -> int:

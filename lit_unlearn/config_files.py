@@ -68,13 +68,21 @@ def expand_config_args(args: list[str]) -> list[str]:
     return out
 
 
+def method_class(docs: list[dict]) -> str | None:
+    """The method class the parsed configs ``docs`` compose to: the ``model.class_path`` of the last one that sets
+    it (its last dotted part), or None."""
+    for doc in reversed(docs):
+        model = doc.get("model") if isinstance(doc, dict) else None
+        if isinstance(model, dict) and "class_path" in model:
+            return str(model["class_path"]).rsplit(".", 1)[-1] if model["class_path"] else None
+    return None
+
+
 def method_class_of(path: Path) -> str | None:
     """The ``model.class_path`` a config file sets (its last dotted part), or None."""
     import yaml
 
-    doc = yaml.safe_load(Path(path).read_text()) or {}
-    model = doc.get("model") if isinstance(doc, dict) else None
-    return str(model["class_path"]).rsplit(".", 1)[-1] if isinstance(model, dict) and model.get("class_path") else None
+    return method_class([yaml.safe_load(Path(path).read_text()) or {}])
 
 
 def method_configs(benchmark: str, method: str) -> tuple[str, ...]:

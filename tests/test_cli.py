@@ -201,6 +201,17 @@ def test_eval_reproduces_the_fit_metrics(fit_run):
     assert "eval" in record["wall_time_s"]
 
 
+def test_eval_without_a_progress_bar_reports_each_split_with_an_eta(fit_run, capsys):
+    run_dir = fit_run["run_dir"]
+    capsys.readouterr()
+    eval_main(["--config", str(run_dir / "config.yaml"), "--trainer.enable_progress_bar", "false",
+               "--trainer.logger.init_args.save_dir", str(fit_run["root"] / "logs_progress")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[lit_unlearn] eval ")]
+    for split in SPLITS:  # each split's last batch is reported, with what is left: nothing
+        assert any(line.startswith(f"[lit_unlearn] eval {split}: ") and line.endswith("ETA 0 s") for line in lines)
+    assert all(" batches, " in line for line in lines)
+
+
 def test_second_stage_npo_from_the_first_stage_adapter(fit_run, tiny_model_dir):
     from lit_unlearn.models import load_causal_lm
 

@@ -14,6 +14,7 @@ is appended to :attr:`ScoredModel.eval_history` too.
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar
 
 import lightning as L
@@ -152,6 +153,22 @@ class ScoredModel(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluation_suite().update(self, batch)
+        self.report_progress(batch.get("split"), batch_idx, dataloader_idx)
+
+    def report_progress(self, split: str | None, batch_idx: int, dataloader_idx: int) -> None:
+        """Without a progress bar (logs, CI), one stderr line per split at about every quarter of its batches and at
+        its end: batches done, seconds so far and the estimated seconds left (the bar shows the same per split)."""
+        trainer = self.trainer
+        if trainer.progress_bar_callback is not None or trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        totals = trainer.num_val_batches if trainer.state.fn != "test" else trainer.num_test_batches
+        total = int(totals[dataloader_idx]) if dataloader_idx < len(totals) else 0
+        done = batch_idx + 1
+        if total < 1 or (done != total and done % max(1, -(-total // 4))):
+            return
+        seconds = self.evaluation_suite().seconds.get(split, 0.0)
+        print(f"[lit_unlearn] eval {split}: {done}/{total} batches, {seconds:.0f} s, ETA "
+              f"{seconds / done * (total - done):.0f} s", file=sys.stderr, flush=True)
 
     def on_validation_epoch_end(self) -> None:
         suite = self.evaluation_suite()

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from lit_unlearn.config_files import resolve_config
+from lit_unlearn.config_files import method_class, resolve_config
 from lit_unlearn.core.errors import ConfigError
 from lit_unlearn.stages import fit_action, stage_status
 
@@ -142,12 +142,6 @@ def argv_values(argv: list[str], flag: str = "extra arguments") -> dict[str, str
             raise ConfigError(f"{flag}: {arg} has no value")
         values[key] = value
     return values
-
-
-def method_class(docs: list[dict]) -> str | None:
-    """The method class name the parsed configs ``docs`` compose to (its last dotted part), or None."""
-    found, class_path = config_value(docs, "model.class_path")
-    return str(class_path).rsplit(".", 1)[-1] if found and class_path else None
 
 
 def flag_value(value: Any) -> str:
