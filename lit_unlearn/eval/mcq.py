@@ -49,7 +49,8 @@ def letter_token_ids(tokenizer, style: LetterStyle = "bare", letters: tuple[str,
             first = tokenizer.encode(f"{letter}. ", add_special_tokens=False)[0]
             if tokenizer.decode([first]).strip() != letter:
                 raise EvalError(f"mcq: the first token of {letter + '. '!r} is {tokenizer.decode([first])!r}, not the "
-                                f"letter {letter!r}, for tokenizer {name}; try --data.letters spaced")
+                                f"letter {letter!r}, for tokenizer {name}; try "
+                                "evaluator_args: {mcq: {letters: spaced}}")
             ids.append(first)
             continue
         enc = encode(tokenizer, PROMPT_END, f" {letter}")
@@ -57,7 +58,7 @@ def letter_token_ids(tokenizer, style: LetterStyle = "bare", letters: tuple[str,
         if len(answer) != 1:
             raise EvalError(f"mcq: the answer letter {letter!r} after {PROMPT_END!r} is {len(answer)} tokens "
                             f"({answer}) for tokenizer {name}; multiple-choice scoring needs one token per letter "
-                            "(try --data.letters bare)")
+                            "(try evaluator_args: {mcq: {letters: bare}})")
         ids.append(answer[0])
     if len(set(ids)) != len(ids):
         raise EvalError(f"mcq: the letters {letters} share token ids {ids}")

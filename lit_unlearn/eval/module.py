@@ -156,19 +156,20 @@ class ScoredModel(L.LightningModule):
         self.report_progress(batch.get("split"), batch_idx, dataloader_idx)
 
     def report_progress(self, split: str | None, batch_idx: int, dataloader_idx: int) -> None:
-        """Without a progress bar (logs, CI), one stderr line per split at about every quarter of its batches and at
-        its end: batches done, seconds so far and the estimated seconds left (the bar shows the same per split)."""
+        """Without a progress bar (logs, CI), a split of 4 batches or more gets a stderr line at about every quarter
+        of its batches and at its end: batches done, seconds so far and the estimated seconds left (what the bar
+        shows per split). Progress, not a message: it does not carry the ``lit_unlearn:`` prefix of errors."""
         trainer = self.trainer
         if trainer.progress_bar_callback is not None or trainer.global_rank != 0 or trainer.sanity_checking:
             return
         totals = trainer.num_val_batches if trainer.state.fn != "test" else trainer.num_test_batches
         total = int(totals[dataloader_idx]) if dataloader_idx < len(totals) else 0
         done = batch_idx + 1
-        if total < 1 or (done != total and done % max(1, -(-total // 4))):
+        if total < 4 or (done != total and done % -(-total // 4)):
             return
         seconds = self.evaluation_suite().seconds.get(split, 0.0)
-        print(f"[lit_unlearn] eval {split}: {done}/{total} batches, {seconds:.0f} s, ETA "
-              f"{seconds / done * (total - done):.0f} s", file=sys.stderr, flush=True)
+        print(f"eval {split}: {done}/{total} batches, {seconds:.0f} s, ETA {seconds / done * (total - done):.0f} s",
+              file=sys.stderr, flush=True)
 
     def on_validation_epoch_end(self) -> None:
         suite = self.evaluation_suite()
