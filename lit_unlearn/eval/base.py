@@ -90,7 +90,7 @@ class Evaluator:
     higher_is_better: ClassVar[bool] = True
     #: what :meth:`update` reads of the split's one teacher-forced forward per batch (the suite runs that forward
     #: once, with the union of its evaluators' needs)
-    needs: ClassVar[TeacherForced] = None  # set below the class: TeacherForced()
+    needs: ClassVar[TeacherForced] = TeacherForced()
     #: the kinds of rows it scores (``text``: a prompt and a scored answer, every split; ``label``, ``tofu``,
     #: ``mcq``, ``backdoor``: rows with the fields those read); a split of none of them is refused
     kinds: ClassVar[tuple[str, ...]] = ("text",)
@@ -135,9 +135,6 @@ class Evaluator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-Evaluator.needs = TeacherForced()
 
 
 class Aggregate:
