@@ -72,7 +72,7 @@ class TOFUEvaluator(Evaluator):
 
     def update(self, module: Scorer, batch: dict) -> None:
         if self.kind is None:
-            self.kind = "retain"  # built outside a data module
+            self.bind(None, batch.get("split"))  # built outside a data module: the retain formulas
         n = batch["input_ids"].size(0)
         for field in ("perturbed_answer",) + (("paraphrased_answer",) if self.kind in ("forget", "retain") else ()):
             if field not in batch or any(v is None for v in batch[field]):

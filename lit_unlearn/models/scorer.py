@@ -73,13 +73,20 @@ class Scorer:
         """Per-token results of ``batch`` (with gradient where the caller has it); ``logits=True`` keeps the full
         (B, T, V) logits; ``moments=True`` adds each answer position's log-prob mean and spread over the
         vocabulary (Min-K%++), from the same head products as the log-probs."""
-        inputs = self.model_inputs(batch)
-        head = None if logits else self.head_for(inputs)
+        states, head = self.run(self.model_inputs(batch), lean=not logits)
         if head is None:
-            return TokenStats.from_logits(self.lm(**inputs).logits, batch["labels"], moments=moments)
+            return TokenStats.from_logits(states, batch["labels"], moments=moments)
+        return TokenStats.from_hidden(states, head, batch["labels"], moments=moments)
+
+    def run(self, inputs: dict, lean: bool = True) -> tuple[Tensor, nn.Module | None]:
+        """One call of the model: ``(logits, None)``, or with ``lean`` and a qualifying head ``(the head's input,
+        head)``, the (B, T, V) product skipped."""
+        head = self.head_for(inputs) if lean else None
+        if head is None:
+            return self.lm(**inputs).logits, None
         with capture_head_input(head) as seen:
             self.lm(**inputs)
-        return TokenStats.from_hidden(seen[-1], head, batch["labels"], moments=moments)
+        return seen[-1], head
 
     @torch.no_grad()
     def teacher_forced(self, batch: dict, logits: bool = False, moments: bool = False) -> TokenStats:
@@ -153,14 +160,7 @@ class Scorer:
                 idx = order[s:s + chunk]
                 batch = collate([{"input_ids": enc[i], "labels": enc[i]} for i in idx], self.tokenizer.pad_token_id)
                 batch = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-                inputs = self.model_inputs(batch)
-                head = self.head_for(inputs)
-                if head is None:
-                    states = self.lm(**inputs).logits
-                else:
-                    with capture_head_input(head) as seen:
-                        self.lm(**inputs)
-                    states = seen[-1]
+                states, head = self.run(self.model_inputs(batch))
                 # each row's last real token; soft prompts prepend virtual positions, so count from the end
                 last = batch["attention_mask"].sum(-1) - 1 + states.size(1) - batch["input_ids"].size(1)
                 at = states[torch.arange(len(idx), device=device), last]
