@@ -6,6 +6,7 @@ directory.
     lit-unlearn run tofu --mini 40 --methods npo_gd             # a pipeline (python -m lit_unlearn.tofu ...)
     lit-unlearn run tofu --mini 40 --dry-run                    # each stage, its resolved values, run / reuse / resume
     lit-unlearn run --list                                      # the pipelines
+    lit-unlearn sweep tofu --mini 40 --method npo_gd            # search a method's trade-off (python -m lit_unlearn.sweep)
     lit-unlearn list                                            # the pipelines and the shipped configs
 
 Exit codes as ``train.py``: 0 finished, 2 an error of ours (one line), 3 collapsed / diverged, 130 / 143 signals.
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         from lit_unlearn.cli import main as cli
 
         return cli(rest if command == "eval" else argv, evaluate=command == "eval")
+    if command == "sweep":
+        return run_pipeline_main("lit_unlearn.sweep.__main__", rest)
     if command == "run":
         if rest[:1] == ["--list"]:
             print("\n".join(f"{name:<15} {what}" for name, (_, what) in PIPELINES.items()))
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         return run_pipeline_main(PIPELINES[rest[0]][0], rest[1:])
-    print(f"lit-unlearn: error: unknown command {command!r}; one of: fit, eval, validate, test, predict, run, list",
+    print(f"lit-unlearn: error: unknown command {command!r}; one of: fit, eval, validate, test, predict, run, sweep, list",
           file=sys.stderr)
     return 2
 

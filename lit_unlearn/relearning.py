@@ -26,6 +26,7 @@ from pathlib import Path
 from lit_unlearn.config_files import method_configs
 from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown as markdown, given, pipeline_parser
 from lit_unlearn.rtt import add_attack_args, parse_floats, run_rtt
+from lit_unlearn.sweep.setting import SweepSetting
 
 RECIPE = "deeb_roger_mini"
 COLUMNS = (Column("forget_mcq", "mcq_acc", "forget acc", name="forget"),
@@ -44,15 +45,30 @@ def stages(methods: list[str]) -> list[Stage]:
                     floor=("learn", "retain_mcq", "mcq_acc", 0.5)) for m in methods)]
 
 
+def make_runner(out: str | Path, mini: int | None = None, model: str | None = None, seed: int = 0,
+                extra: dict | None = None, flags: dict | None = None, dry_run: bool = False) -> Runner:
+    """The runner of this pipeline's setting (``mini``: questions per split, ``deeb_roger/mini`` and the mini
+    recipe); ``extra``: dotted values every stage gets."""
+    common = {"seed_everything": seed, **given({"model.init_args.model": model,
+                                                "data.init_args.questions_per_split": mini or None}), **(extra or {})}
+    return Runner(out, RECIPE if mini else None, flags, common, ("deeb_roger/mini",) if mini else (), dry_run)
+
+
+#: the sweep's view of this pipeline (lit_unlearn.sweep): forget MCQ accuracy as low as it goes while retain MCQ
+#: accuracy keeps 90% of the learned model's; MCQ accuracy is teacher-forced already, so the proxy is the evaluation
+#: itself, every epoch
+SWEEP = SweepSetting(benchmark="deeb_roger", runner=make_runner, stages=stages, reference="learn",
+                     objectives=("forget_mcq/mcq_acc:min",), constraints=("retain_mcq/mcq_acc >= 0.9 * ref",),
+                     proxy={"trainer.check_val_every_n_epoch": 1}, out="checkpoints/deeb_roger_{mini}")
+
+
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_run", mini: int | None = None,
                  model: str | None = None, rtt_lrs: tuple[float, ...] = (), rtt_epochs: int = 6, n_folds: int = 2,
                  unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0,
                  control: bool = True, dry_run: bool = False) -> dict:
     """The stages (module docstring), then RTT on each model; returns the summary."""
     flags = {"unlearn": given({"model.init_args.lr": unlearn_lr, "trainer.max_epochs": unlearn_epochs})}
-    common = {"seed_everything": seed, **given({"model.init_args.model": model,
-                                                "data.init_args.questions_per_split": mini or None})}
-    runner = Runner(out, RECIPE if mini else None, flags, common, ("deeb_roger/mini",) if mini else (), dry_run)
+    runner = make_runner(out, mini, model, seed, flags=flags, dry_run=dry_run)
     records = runner.run(stages(methods))
     if dry_run:
         return {"stages": {}}

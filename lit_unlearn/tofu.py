@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lit_unlearn.config_files import method_configs
 from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown, format_table, given, pipeline_parser
+from lit_unlearn.sweep.setting import SweepSetting
 
 RECIPE = "tofu_mini"
 COLUMNS = (Column("tofu", "forget_quality", "FQ", ".3g"), Column("tofu", "model_utility", "MU"),
@@ -37,17 +38,36 @@ def stages(methods: list[str]) -> list[Stage]:
             Stage("finetune", ("tofu/base", "tofu/finetune"), kind="learn", needs=reference), *unlearn]
 
 
+def make_runner(out: str | Path, mini: int | None = None, model: str | None = None, seed: int = 0,
+                extra: dict | None = None, flags: dict | None = None, dry_run: bool = False) -> Runner:
+    """The runner of this pipeline's setting (``mini``: ``tofu/mini`` and the mini recipe); ``extra``: dotted values
+    every stage gets."""
+    common = {"seed_everything": seed, **given({"model.init_args.model": model, "data.init_args.mini": mini}),
+              **(extra or {})}
+    return Runner(out, RECIPE if mini is not None else None, flags, common,
+                  ("tofu/mini",) if mini is not None else (), dry_run)
+
+
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", mini: int | None = None,
                  model: str | None = None, learn_lr: float | None = None, learn_epochs: int | None = None,
                  unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0,
                  dry_run: bool = False) -> dict:
     flags = {kind: given({"model.init_args.lr": lr, "trainer.max_epochs": epochs})
              for kind, lr, epochs in (("learn", learn_lr, learn_epochs), ("unlearn", unlearn_lr, unlearn_epochs))}
-    common = {"seed_everything": seed, **given({"model.init_args.model": model, "data.init_args.mini": mini})}
-    runner = Runner(out, RECIPE if mini is not None else None, flags, common,
-                    ("tofu/mini",) if mini is not None else (), dry_run)
+    runner = make_runner(out, mini, model, seed, flags=flags, dry_run=dry_run)
     runner.run(stages(methods))
     return runner.summary(COLUMNS, PER_SPLIT, mini=mini)
+
+
+#: the sweep's view of this pipeline (lit_unlearn.sweep): forget quality as high as it goes while the teacher-forced
+#: model utility keeps 90% of the learned model's; trials evaluate teacher-forced only (no generation, no MIA), every
+#: epoch; the frontier's points get the full evaluation afterwards
+PROXY_EVALUATORS = {**{split: [{"class_path": "tofu", "init_args": {"generate": False}}]
+                       for split in ("forget", "retain_eval", "real_authors", "world_facts")}, "holdout": []}
+SWEEP = SweepSetting(benchmark="tofu", runner=make_runner, stages=stages, reference="finetune",
+                     objectives=("tofu/forget_quality:max",), constraints=("tofu/model_utility_tf >= 0.9 * ref",),
+                     proxy={"data.init_args.evaluators": PROXY_EVALUATORS, "trainer.check_val_every_n_epoch": 1},
+                     out="checkpoints/tofu_{mini}")
 
 
 def format_summary(summary: dict) -> str:

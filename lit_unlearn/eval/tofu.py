@@ -43,20 +43,24 @@ class TOFUEvaluator(Evaluator):
     primary = "rouge"
     kinds = ("tofu",)
 
-    def __init__(self, kind: Kind | None = None, max_new_tokens: int = 64):
+    def __init__(self, kind: Kind | None = None, max_new_tokens: int = 64, generate: bool = True):
         """
         Args:
             kind: which formulas (module docstring): forget, retain, real_authors or world_facts; None: the kind
                 of the TOFU evaluation set it runs on (the data module's ``tofu_kinds``; ``retain`` on a split of
                 another question/answer data module).
             max_new_tokens: longest greedy generation for ROUGE (>= 1).
+            generate: false: teacher-forced only (probability and truth ratio, no generation, no ``rouge``): the
+                cheap proxy evaluation of a sweep's trials (lit_unlearn.sweep).
         """
         super().__init__()
         if kind not in (None, "forget", "retain", "real_authors", "world_facts"):
             raise EvalError(f"tofu: kind must be forget, retain, real_authors or world_facts, got {kind!r}")
         if max_new_tokens < 1:
             raise EvalError(f"tofu: max_new_tokens must be >= 1 for ROUGE of generations, got {max_new_tokens}")
-        self.kind, self.max_new_tokens = kind, max_new_tokens
+        self.kind, self.max_new_tokens, self.generate = kind, max_new_tokens, generate
+        if not generate:
+            self.keys, self.primary = ("prob", "truth_ratio"), "prob"
         self._rouge = None
 
     def bind(self, datamodule, split: str) -> None:
@@ -88,16 +92,17 @@ class TOFUEvaluator(Evaluator):
         scored = module.answer_nlls(prompts, groups)
         para_nll = [g[0] for g in scored] if with_para else answer_nll
         pert_nll = [g[1:] if with_para else g for g in scored]
-        generated = module.generate(prompts, self.max_new_tokens)
+        generated = module.generate(prompts, self.max_new_tokens) if self.generate else [None] * n
         references = batch.get("answer_text") or [a.strip() for a in batch["answer"]]
         for i, key in enumerate(self.row_keys(batch)):
             ratio = math.exp(sum(pert_nll[i]) / len(pert_nll[i]) - para_nll[i])
             p_true = math.exp(-answer_nll[i])
             prob = p_true if self.kind in ("forget", "retain") else \
                 p_true / (p_true + sum(math.exp(-x) for x in pert_nll[i]))
-            text = generated[i].strip()
+            text = generated[i].strip() if self.generate else None
+            rouge = self.rouge_recall(references[i], text) if self.generate else None
             self.rows.append({**key, "question": batch.get("question", [None] * n)[i], "answer": references[i],
-                              "generated": text, "prob": prob, "rouge": self.rouge_recall(references[i], text),
+                              "generated": text, "prob": prob, "rouge": rouge,
                               "truth_ratio_raw": ratio, "answer_nll": answer_nll[i], "paraphrased_nll": para_nll[i],
                               "perturbed_nll": pert_nll[i]})
 
@@ -107,11 +112,13 @@ class TOFUEvaluator(Evaluator):
             tr = [min(r["truth_ratio_raw"], 1.0 / r["truth_ratio_raw"]) for r in rows]
         else:
             tr = [max(0.0, 1.0 - 1.0 / r["truth_ratio_raw"]) for r in rows]
-        return {"prob": math.fsum(r["prob"] for r in rows) / n, "rouge": math.fsum(r["rouge"] for r in rows) / n,
-                "truth_ratio": math.fsum(tr) / n}
+        out = {"prob": math.fsum(r["prob"] for r in rows) / n, "truth_ratio": math.fsum(tr) / n}
+        if self.generate:
+            out["rouge"] = math.fsum(r["rouge"] for r in rows) / n
+        return out
 
     def __repr__(self) -> str:
-        return f"TOFUEvaluator(kind={self.kind!r}, max_new_tokens={self.max_new_tokens})"
+        return f"TOFUEvaluator(kind={self.kind!r}, max_new_tokens={self.max_new_tokens}, generate={self.generate})"
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -153,10 +160,12 @@ def matched(ours: list[dict], path: Path, theirs: list[dict], fields: tuple[str,
 
 
 class TOFUSummary(Aggregate):
-    """``model_utility`` and, with a reference, ``forget_quality`` (module docstring)."""
+    """``model_utility`` and, with a reference, ``forget_quality`` (module docstring); also ``model_utility_tf``, the
+    teacher-forced part of model utility: the harmonic mean of the six values {prob, truth_ratio} x {retain, real
+    authors, world facts}, with no generation (what a sweep's proxy evaluation can compute; not TOFU's MU)."""
 
     name = "tofu"
-    keys: ClassVar[tuple[str, ...]] = ("model_utility", "forget_quality")
+    keys: ClassVar[tuple[str, ...]] = ("model_utility", "model_utility_tf", "forget_quality")
 
     def __init__(self, forget: str = "forget", utility: tuple[str, ...] = UTILITY_SPLITS,
                  reference: str | None = None):
@@ -165,8 +174,11 @@ class TOFUSummary(Aggregate):
     def compute(self, rows: dict, results: dict) -> dict[str, float]:
         out = {}
         if all(s in results for s in self.utility):
-            out["model_utility"] = harmonic_mean([results[s][k] for s in self.utility
-                                                  for k in ("prob", "rouge", "truth_ratio")])
+            if all("rouge" in results[s] for s in self.utility):
+                out["model_utility"] = harmonic_mean([results[s][k] for s in self.utility
+                                                      for k in ("prob", "rouge", "truth_ratio")])
+            out["model_utility_tf"] = harmonic_mean([results[s][k] for s in self.utility
+                                                     for k in ("prob", "truth_ratio")])
         if self.reference is not None and "tofu" in rows.get(self.forget, {}):
             from scipy.stats import ks_2samp
 
