@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "lit_unlearn"
 #: lower numbers are lower layers; a module may import its own layer's packages and any lower one
-LAYERS = {"core": 0, "models": 1, "adapters": 1, "influence": 2, "eval": 2, "data": 3, "methods": 4, "pipelines": 5}
+LAYERS = {"core": 0, "models": 1, "adapters": 1, "influence": 2, "eval": 2, "data": 3, "methods": 4, "pipelines": 5, "sweep": 5}
 TOP = 5  # cli, callbacks, the pipeline layer and its declarations (tofu, ...), testing and the package root
 
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO_ROOT
 from lit_unlearn.core.errors import ConfigError
 from test_relearning import write_random_bd
+from test_tofu import tofu_mirror  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
@@ -309,3 +310,37 @@ def test_two_worker_processes_share_one_study(storage, random_bd_mirror, mcq_mod
     dirs = [t.user_attrs["run_dir"] for t in done]
     assert len(set(dirs)) == len(dirs) and all((out / "sweeps" / "gd" / "trials" / d / "metrics.json").is_file()
                                                for d in dirs)
+
+
+def test_a_tofu_sweep_trains_on_the_teacher_forced_proxy_and_evaluates_the_frontier_in_full(
+        tofu_mirror, tiny_model_dir, tmp_path, monkeypatch):
+    """TOFU's trials are evaluated without generation or MIA (probability and truth ratio: forget quality and the
+    teacher-forced utility), every epoch; the frontier's points get TOFU's whole evaluation afterwards."""
+    from lit_unlearn.sweep.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs"
+    space = write_space(tmp_path / "npo.yaml", "space:\n  model.init_args.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+                        "  model.init_args.beta: {low: 0.05, high: 1.0, log: true}\nfixed: {trainer.max_epochs: 2}\n")
+    summary = main(["tofu", "--method", "npo_gd", "--mini", "3", "--out", str(out), "--space", space, "--n-trials",
+                    "2", "--model", tiny_model_dir, "--model.init_args.lr", "1e-2"])
+    assert summary["objectives"] == ["tofu/forget_quality:max"]
+    assert summary["constraints"] == ["tofu/model_utility_tf >= 0.9 * ref"]
+    learned = json.loads((out / "finetune" / "metrics.json").read_text())["metrics"]["after"]
+    assert summary["reference"]["tofu"]["model_utility_tf"] == learned["tofu"]["model_utility_tf"]
+    for row in summary["trials"]:
+        run = out / "sweeps" / "npo_gd" / "trials" / row["run_dir"]
+        after = json.loads((run / "metrics.json").read_text())["metrics"]["after"]
+        assert "rouge" not in after["forget"] and {"prob", "truth_ratio"} <= set(after["forget"])
+        assert "holdout" not in after and "mia" not in after and "model_utility" not in after["tofu"]
+        assert {"forget_quality", "model_utility_tf"} <= set(after["tofu"])
+        rows = [json.loads(line) for line in (run / "rows" / "after" / "forget.tofu.jsonl").read_text().splitlines()]
+        assert all(r["generated"] is None for r in rows)  # nothing was generated
+    for number in summary["frontier"]:
+        full = summary["full_evaluation"][str(number)]
+        assert {"rouge", "prob", "truth_ratio"} <= set(full["forget"]) and "model_utility" in full["tofu"]
+        assert "auc_loss" in full["mia"]
+        row = next(r for r in summary["trials"] if r["number"] == number)
+        # the teacher-forced numbers of the full evaluation are the proxy's
+        assert full["tofu"]["forget_quality"] == pytest.approx(row["metrics"]["tofu/forget_quality"], abs=1e-9)
+        assert full["tofu"]["model_utility_tf"] == pytest.approx(row["metrics"]["tofu/model_utility_tf"], abs=1e-9)

@@ -131,9 +131,34 @@ def test_answers_scored_together_equal_scoring_each_alone(make_method):
                "Question: In which city was the writer Yara Halloran born?\nAnswer:"]
     groups = [[" Lisbon", " Oslo in the north", " Cairo"], [" Lima"], [" Dublin, a city", " Prague", " Seoul", " X"]]
     together = method.answer_nlls(prompts, groups, chunk=3)
+    assert method.scorer._shared_prefix is True  # the groups' prompts ran once (models/shared_prefix.py)
     for p, g, got in zip(prompts, groups, together):
         alone = [method.teacher_forced(method.encode([p], [a])).mean_nll.item() for a in g]
         assert got == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    for pairwise, shared in zip(method.scorer.answer_nlls_pairwise(prompts, groups), together):
+        assert pairwise == pytest.approx(shared, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("adapter, shared", [("lora", True), ("prefix", False), ("loreft", False)])
+def test_a_shared_prompt_runs_once_only_where_the_model_allows_it(make_method, adapter, shared):
+    """The truth ratio's answers to one question share the question's tokens: they run once with the KV cache kept
+    for a plain model or LoRA; an adapter that acts on whole sequences (virtual tokens, interventions at the prompt
+    boundary) keeps the pairwise path, and both give the numbers of scoring each pair alone."""
+    from lit_unlearn.methods import GradDiff
+    from lit_unlearn.models.shared_prefix import split_group
+    from lit_unlearn.core.tokens import encode
+
+    method = make_method(GradDiff, adapter=adapter)
+    prompts = ["Question: Where was Ilsa Varga born?\nAnswer:", "Question: Who wrote it?\nAnswer:"]
+    groups = [[" Lisbon", " Oslo in the north", " Cairo"], [" Lima", " Quito, the capital"]]
+    got = method.answer_nlls(prompts, groups)
+    assert method.scorer._shared_prefix is shared
+    for p, g, values in zip(prompts, groups, got):
+        alone = [method.teacher_forced(method.encode([p], [a])).mean_nll.item() for a in g]
+        assert values == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    seqs = [encode(method.tokenizer, prompts[0], a) for a in groups[0]]
+    start = min(next(i for i, t in enumerate(s["labels"]) if t != -100) for s in seqs)
+    assert split_group(seqs) == start - 1  # the prompt but its last token, which predicts the first answer token
 
 
 def test_model_utility_and_forget_quality(tmp_path):

@@ -112,10 +112,10 @@ class TOFUEvaluator(Evaluator):
             tr = [min(r["truth_ratio_raw"], 1.0 / r["truth_ratio_raw"]) for r in rows]
         else:
             tr = [max(0.0, 1.0 - 1.0 / r["truth_ratio_raw"]) for r in rows]
-        out = {"prob": math.fsum(r["prob"] for r in rows) / n, "truth_ratio": math.fsum(tr) / n}
+        out = {"prob": math.fsum(r["prob"] for r in rows) / n}
         if self.generate:
             out["rouge"] = math.fsum(r["rouge"] for r in rows) / n
-        return out
+        return {**out, "truth_ratio": math.fsum(tr) / n}
 
     def __repr__(self) -> str:
         return f"TOFUEvaluator(kind={self.kind!r}, max_new_tokens={self.max_new_tokens}, generate={self.generate})"

@@ -24,7 +24,7 @@ def _prompt_learning(lm) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
 
-def _forward_names(lm) -> tuple[str, bool]:
+def forward_names(lm) -> tuple[str, bool]:
     """The model's name for the KV-cache argument (``cache`` in recent transformers, ``past_key_values`` before)
     and whether its forward takes ``logits_to_keep``."""
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
@@ -36,7 +36,7 @@ def _forward_names(lm) -> tuple[str, bool]:
 def _decode(lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
             eos_token_id: int | None) -> list[list[int]]:
     """Greedy continuation token ids of a left-padded batch; finished rows are dropped from the batch."""
-    cache_name, keep_logits = _forward_names(lm)
+    cache_name, keep_logits = forward_names(lm)
     last = {"logits_to_keep": 1} if keep_logits else {}
     n = input_ids.size(0)
     out: list[list[int]] = [[] for _ in range(n)]

@@ -29,6 +29,7 @@ from lit_unlearn.core.tokens import IGNORE, collate, encode_batch
 from lit_unlearn.models.generate import greedy_generate
 from lit_unlearn.models.head import capture_head_input, resolve_lean_head
 from lit_unlearn.models.modes import eval_mode
+from lit_unlearn.models.shared_prefix import agree, score_groups
 
 
 class Scorer:
@@ -46,6 +47,7 @@ class Scorer:
         self.lm, self.tokenizer, self.adapter = lm, tokenizer, adapter
         self.max_length, self.lean_head = max_length, lean_head
         self._head: tuple[nn.Module | None] | None = None  # (lean head or None,) once decided
+        self._shared_prefix: bool | None = None  # whether answers to one prompt may share its run; once decided
 
     @property
     def device(self) -> torch.device:
@@ -128,8 +130,42 @@ class Scorer:
 
     @torch.no_grad()
     def answer_nlls(self, prompts: list[str], groups: list[list[str]], chunk: int = 32) -> list[list[float]]:
-        """L (mean answer NLL) of every answer in ``groups[i]`` to ``prompts[i]``: all pairs scored together in
-        chunks of ``chunk`` rows of similar length (little padding)."""
+        """L (mean answer NLL) of every answer in ``groups[i]`` to ``prompts[i]``. Where the model allows it, the
+        tokens a group's sequences share run once (:mod:`lit_unlearn.models.shared_prefix`); otherwise all pairs are
+        scored together in chunks of ``chunk`` rows of similar length (little padding)."""
+        if self.shares_prefix(prompts, groups):
+            head = self.head_for(self.model_inputs(self.encode(prompts[:1], groups[0][:1] or [""])))
+            return score_groups(self.lm, self.tokenizer, prompts, groups, head, self.device)
+        return self.answer_nlls_pairwise(prompts, groups, chunk)
+
+    def shares_prefix(self, prompts: list[str], groups: list[list[str]]) -> bool:
+        """Whether :meth:`answer_nlls` runs each group's shared prefix once: decided on the first group of two or
+        more answers by scoring it both ways (they must agree to 1e-4); never for an adapter that acts on whole
+        sequences (virtual tokens, interventions: not ``mergeable``), nor for a call with a sequence over
+        ``max_length`` (the pairwise path cuts prompts from the left)."""
+        if self._shared_prefix is False or not prompts:
+            return False
+        if any(len(self.tokenizer(p + a)["input_ids"]) >= self.max_length for p, g in zip(prompts, groups) for a in g):
+            return False
+        if self._shared_prefix is None:
+            if self.adapter is not None and not type(self.adapter).mergeable:
+                self._shared_prefix = False
+                return False
+            first = next((i for i, g in enumerate(groups) if len(g) >= 2), None)
+            if first is None:
+                return False
+            probe_p, probe_g = prompts[first:first + 1], groups[first:first + 1]
+            head = self.head_for(self.model_inputs(self.encode(probe_p, probe_g[0][:1])))
+            try:
+                fast = score_groups(self.lm, self.tokenizer, probe_p, probe_g, head, self.device)
+            except Exception:  # a model whose cache or position ids do not take this path: the pairwise one
+                fast = None
+            self._shared_prefix = fast is not None and agree(fast, self.answer_nlls_pairwise(probe_p, probe_g))
+        return self._shared_prefix
+
+    @torch.no_grad()
+    def answer_nlls_pairwise(self, prompts: list[str], groups: list[list[str]], chunk: int = 32) -> list[list[float]]:
+        """:meth:`answer_nlls` with every (prompt, answer) pair scored whole, in length-sorted chunks."""
         pairs = [(p, a) for p, g in zip(prompts, groups) for a in g]
         order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]) + len(pairs[k][1]))
         values = [0.0] * len(pairs)
