@@ -57,9 +57,23 @@ def make_runner(out: str | Path, mini: int | None = None, model: str | None = No
 #: the sweep's view of this pipeline (lit_unlearn.sweep): forget MCQ accuracy as low as it goes while retain MCQ
 #: accuracy keeps 90% of the learned model's; MCQ accuracy is teacher-forced already, so the proxy is the evaluation
 #: itself, every epoch
+def rtt_attack(runner: Runner, adapter: str | Path, out: str | Path, mini: int | None = None,
+               model: str | None = None, seed: int = 0, lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4),
+               epochs: int = 4) -> dict:
+    """RTT on one unlearned adapter (over the learned one), with the mini setting's sweep of
+    docs/results/relearning.md: the best held-out accuracy, the retain accuracy there, and the share of the learned
+    model's forget accuracy it recovers."""
+    best = run_rtt([str(runner.out / "learn" / "adapter"), str(adapter)], out, model, lrs, epochs, mini=mini,
+                   seed=seed)["overall"]
+    learned = runner.records["learn"]["metrics"]["after"]["forget_mcq"]["mcq_acc"]
+    return {"rtt_best": best["best"], "rtt_retain_at_best": best["retain_at_best"],
+            "rtt_recovered": best["best"] / learned}
+
+
 SWEEP = SweepSetting(benchmark="deeb_roger", runner=make_runner, stages=stages, reference="learn",
                      objectives=("forget_mcq/mcq_acc:min",), constraints=("retain_mcq/mcq_acc >= 0.9 * ref",),
-                     proxy={"trainer.check_val_every_n_epoch": 1}, out="checkpoints/deeb_roger_{mini}")
+                     proxy={"trainer.check_val_every_n_epoch": 1}, out="checkpoints/deeb_roger_{mini}",
+                     attack=rtt_attack)
 
 
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_run", mini: int | None = None,

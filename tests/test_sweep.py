@@ -237,7 +237,14 @@ def test_a_multi_objective_sweep_returns_the_pareto_set(random_bd_mirror, mcq_mo
     out = tmp_path / "runs"
     space = write_space(tmp_path / "gd.yaml", SPACE)
     summary = main(sweep_args(out, space, 4, "--model", mcq_model_dir, "--no-constraints", "--name", "pareto",
-                              "--objective", "forget_mcq/mcq_acc:min", "--objective", "retain_mcq/mcq_acc:max"))
+                              "--objective", "forget_mcq/mcq_acc:min", "--objective", "retain_mcq/mcq_acc:max",
+                              "--attack", "best"))
+    # the setting's attack (RTT) ran on the best point: its recovered share of the learned forget accuracy
+    best = summary["best"]
+    attack = summary["full_evaluation"][str(best["number"])]["attack"]
+    rtt = json.loads((out / "sweeps" / "pareto" / "trials" / best["run_dir"] / "attack" / "rtt_summary.json")
+                     .read_text())
+    assert attack["rtt_best"] == rtt["overall"]["best"] and 0 <= attack["rtt_recovered"]
     study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{out / 'sweeps' / 'pareto' / 'study.db'}")
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
     assert sorted(summary["frontier"]) == sorted(t.number for t in study.best_trials)

@@ -128,7 +128,7 @@ def markdown(summary: dict) -> str:
     for number, full in summary["full_evaluation"].items():
         lines.append(f"Full evaluation of trial {number}: " + ", ".join(
             f"{split}/{k} {fmt(v)}" for split, vals in full.items() for k, v in vals.items()
-            if not k.endswith("time_s")))
+            if not k.endswith("time_s") and "/" not in k))  # per-subject / per-split breakdowns stay in the JSON
     cost = summary["cost"]
     lines.append("")
     lines.append(f"{cost['trials_ended']} trials ({cost['complete']} complete, {cost['pruned']} pruned, "
@@ -175,6 +175,10 @@ def plot(summary: dict, path: Path):
     front = sorted(front)
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", c="tab:red", label="frontier")
+    best = summary.get("best")
+    if best is not None and None not in xy(best):
+        ax.scatter(*xy(best), s=220, facecolors="none", edgecolors="tab:red", linewidths=1.5,
+                   label=f"best constrained (trial {best['number']})")
     ref = summary["reference"]
     rx = (ref.get(x_metric.split("/")[0]) or {}).get(x_metric.split("/")[1])
     ry = (ref.get(y_metric.split("/")[0]) or {}).get(y_metric.split("/")[1])

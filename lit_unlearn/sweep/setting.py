@@ -30,3 +30,6 @@ class SweepSetting:
     axes: tuple[str, str] | None = None
     #: the pipeline's default run folder (``{mini}``: "mini" with --mini, else "run")
     out: str = "checkpoints/run"
+    #: an attack on an unlearned model, part of the full evaluation where the setting has one (the random
+    #: birthdays' RTT): ``(runner, adapter_dir, out_dir, mini, model, seed) -> {name: value}``; None: none
+    attack: Callable[..., dict] | None = None

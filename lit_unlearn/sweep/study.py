@@ -339,7 +339,7 @@ def run_sweep(setting, method: str, n_trials: int = 12, mini: int | None = None,
               space_path: str | Path | None = None, objectives: list[str] | None = None,
               constraints: list[str] | None = None, storage: str | None = None, name: str | None = None,
               model: str | None = None, seed: int = 0, extra: dict | None = None, timeout_min: float | None = None,
-              final: bool = True, heartbeat: int | None = None, report: bool = True) -> dict:
+              final: bool = True, heartbeat: int | None = None, report: bool = True, attack: str = "none") -> dict:
     """Run (or continue) the sweep of ``method`` on ``setting`` (module docstring); returns the summary."""
     if n_trials < 1:
         raise ConfigError(f"--n-trials must be >= 1, got {n_trials}")
@@ -397,6 +397,15 @@ def run_sweep(setting, method: str, n_trials: int = 12, mini: int | None = None,
             except LitUnlearnError as err:
                 print(f"[lit_unlearn] sweep {name}: the full evaluation of trial {t.number} failed: {err}",
                       file=sys.stderr)
+    if attack != "none" and setting.attack is None:
+        raise ConfigError(f"--attack {attack}: the {setting.benchmark} setting has no attack")
+    if attack != "none" and final and len(trials) >= n_trials:
+        best = reporting.best_trial(plan, trials)
+        targets = frontier if attack == "frontier" else [best] if best is not None else []
+        for t in targets:
+            run_dir = directory / "trials" / t.user_attrs[RUN_DIR]
+            values = setting.attack(runner, run_dir / "adapter", run_dir / "attack", mini, model, seed)
+            full[t.number] = {**(full.get(t.number) or {}), "attack": values}
     summary = reporting.summarize(plan, study, frontier, full, runner, template, setting)
     if report:
         reporting.write_all(plan, summary, runner, template)
