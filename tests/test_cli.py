@@ -18,7 +18,9 @@ from lit_unlearn.config_files import expand_config_args, method_configs
 from lit_unlearn.data.base import ForgetRetainDataModule
 from lit_unlearn.methods import NPO, GradDiff, UnlearningMethod
 
-CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+#: the runnable configs (configs/search/ holds search spaces, checked in tests/test_sweep.py)
+CONFIGS = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if p.relative_to(REPO_ROOT / "configs").parts[0]
+                 != "search")
 SPLITS = ("forget", "retain")
 METRICS = ("nll", "prob", "acc", "exact")
 

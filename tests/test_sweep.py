@@ -351,3 +351,38 @@ def test_a_tofu_sweep_trains_on_the_teacher_forced_proxy_and_evaluates_the_front
         # the teacher-forced numbers of the full evaluation are the proxy's
         assert full["tofu"]["forget_quality"] == pytest.approx(row["metrics"]["tofu/forget_quality"], abs=1e-9)
         assert full["tofu"]["model_utility_tf"] == pytest.approx(row["metrics"]["tofu/model_utility_tf"], abs=1e-9)
+
+
+SPACES = sorted((REPO_ROOT / "configs" / "search").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_shipped_search_space_names_real_keys_of_its_method(path, monkeypatch):
+    """Each shipped space parses, opens with the sweep command that uses it, and every searched or fixed key, set to
+    a value of its range, parses with the method's configs on the benchmark that command names (a misspelt key
+    would otherwise fail only when a trial starts)."""
+    import shlex
+
+    from lit_unlearn.cli import UnlearnCLI, cli_main
+    from lit_unlearn.config_files import expand_config_args, method_configs
+    from lit_unlearn.sweep.__main__ import parser, setting_of
+    from lit_unlearn.sweep.space import load_space
+
+    space = load_space(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# python -m lit_unlearn.sweep "), f"{path.name} should open with its sweep command"
+    args, _ = parser().parse_known_args(shlex.split(first.split("python -m lit_unlearn.sweep ", 1)[1]))
+    assert args.method == path.stem
+    setting = setting_of(args.setting)
+    monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
+    configs = [f"{setting.benchmark}/base", *method_configs(setting.benchmark, args.method)]
+    values = {p.key: (p.choices[-1] if p.kind == "categorical" else p.high) for p in space.params}
+    flags = [a for k, v in {**values, **space.fixed}.items() for a in (f"--{k}", json.dumps(v) if not
+                                                                       isinstance(v, str) else v)]
+    cli = cli_main(expand_config_args(["fit", *(a for c in configs for a in ("--config", c)), *flags]))
+    for key, value in values.items():
+        section, *rest = key.split(".")
+        node = cli.config.fit[section]
+        for part in rest:
+            node = node[part]
+        assert node == value, key

@@ -247,3 +247,10 @@ def _check_hyperparameters(**values: float) -> None:
     for name, value in values.items():
         if not value >= 0:
             raise MethodError(f"--model.{name} must be >= 0, got {value}")
+
+
+def positive(**values: float) -> None:
+    """Refuse a method knob that must be > 0 (an inverse temperature, an exponent), naming its flag."""
+    for name, value in values.items():
+        if not value > 0:
+            raise MethodError(f"--model.{name} must be > 0, got {value}")

@@ -28,9 +28,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_unlearn.core.errors import MethodError
 from lit_unlearn.core.scoring import TokenStats, row_mean
-from lit_unlearn.methods.base import UnlearningMethod
+from lit_unlearn.methods.base import UnlearningMethod, positive
 
 
 class NPO(UnlearningMethod):
@@ -45,7 +44,7 @@ class NPO(UnlearningMethod):
             beta: NPO inverse temperature (> 0); as beta -> 0 the loss tends to gradient ascent on NLL_seq.
         """
         super().__init__(*args, **kwargs)
-        _positive(beta=beta)
+        positive(beta=beta)
         self.beta = beta
 
     def forget_loss(self, batch: dict, stats: TokenStats) -> Tensor:
@@ -66,15 +65,10 @@ class SimNPO(UnlearningMethod):
             forget_weight: weight of the SimNPO term (open-unlearning's gamma, 0.125).
         """
         super().__init__(*args, forget_weight=forget_weight, **kwargs)
-        _positive(beta=beta)
+        positive(beta=beta)
         self.beta, self.gamma = beta, gamma
 
     def forget_loss(self, batch: dict, stats: TokenStats) -> Tensor:
         per_row = -(2.0 / self.beta) * F.logsigmoid(self.beta * (stats.mean_nll - self.gamma))
         return row_mean(per_row, batch.get("weight"))
 
-
-def _positive(**values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise MethodError(f"--model.{name} must be > 0, got {value}")
