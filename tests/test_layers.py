@@ -105,7 +105,8 @@ def test_registries_are_derived_from_the_classes():
 
     assert set(methods.METHODS) == {"Finetune", "GradAscent", "GradDiff", "GradAscentKL", "RandomLabel", "NPO",
                                     "SimNPO", "IDK", "GA1", "GA2", "GA3", "IDK1", "IDK2", "IDK3", "RMU", "RIA",
-                                    "FixedWrongFact", "NegationLoRA", "SPUL", "PIPrefix", "TNPO", "GRUN", "RapidUn"}
+                                    "FixedWrongFact", "NegationLoRA", "SPUL", "PIPrefix", "TNPO", "GRUN", "RapidUn",
+                                    "DPO", "UNDIAL", "SatImp", "WGA", "CEU", "PDU"}
     assert methods.ALL_METHODS == tuple(methods.METHODS.values())
     assert all(getattr(methods, name) is cls for name, cls in methods.METHODS.items())  # importable by name
     assert set(adapters.ADAPTERS) == {"LoRA", "Prefix", "SoftPrompt", "LoReFT"}
