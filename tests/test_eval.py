@@ -239,6 +239,30 @@ def test_answer_metrics_by_hand(tokenizer):
     assert [r["id"] for r in ev.last_rows] == ["3", "8"]  # no id field: the source index is the id
 
 
+def test_exact_memorization_and_extraction_strength_by_hand(tokenizer):
+    """EM = correct tokens / L; ES = 1 - k/L, k the shortest prefix after which every token is predicted; a final EOS
+    is left out (open-unlearning's memorization metrics, issue 24)."""
+    from lit_unlearn.eval.memorization import MemorizationEvaluator
+
+    eos = tokenizer.eos_token_id
+    labels = torch.tensor([[5, 6, 7, 8, eos], [5, 6, 7, IGNORE, IGNORE], [9, 9, IGNORE, IGNORE, IGNORE]])
+    argmax = torch.tensor([[1, 6, 7, 8, 4], [5, 6, 1, IGNORE, IGNORE], [9, 9, IGNORE, IGNORE, IGNORE]])
+    stats = TokenStats(None, labels, torch.zeros(labels.shape), labels != IGNORE, argmax)
+    ev = MemorizationEvaluator()
+    ev.update(FixedScores(tokenizer, stats), {"index": torch.tensor([0, 1, 2])})
+    out = ev.compute()
+    # row 0: EOS dropped -> [x, ok, ok, ok]: EM 3/4, the last three follow -> k = 1, ES 3/4
+    # row 1: [ok, ok, x]: EM 2/3, the last token wrong -> k = 3, ES 0; row 2: [ok, ok]: EM 1, ES 1
+    assert [r["exact_memorization"] for r in ev.last_rows] == pytest.approx([3 / 4, 2 / 3, 1.0])
+    assert [r["extraction_strength"] for r in ev.last_rows] == pytest.approx([3 / 4, 0.0, 1.0])
+    assert out["exact_memorization"] == pytest.approx((3 / 4 + 2 / 3 + 1) / 3)
+    assert out["extraction_strength"] == pytest.approx((3 / 4 + 0 + 1) / 3)
+    keep = MemorizationEvaluator(drop_eos=False)
+    keep.update(FixedScores(tokenizer, stats), {"index": torch.tensor([0, 1, 2])})
+    keep.compute()
+    assert keep.last_rows[0]["exact_memorization"] == pytest.approx(3 / 5)  # the mispredicted EOS counts
+
+
 def test_suite_tradeoff_table_and_collisions():
     suite = EvalSuite({"forget": [LabelEvaluator(), AnswerEvaluator()], "retain": [AnswerEvaluator()],
                        "test": [LabelEvaluator()]})

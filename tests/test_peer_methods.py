@@ -180,3 +180,43 @@ def test_pdu_measures_its_bound_from_the_starting_retain_loss(make_method, qa_ba
     assert method.epsilon == pytest.approx(1.5 * start)
     method.on_train_batch_end(None, qa_batch, 0)
     assert method.dual == 100.0  # still in the warm-up epochs: lambda does not move
+
+
+def test_the_gradient_norm_and_reference_attacks_by_hand(make_method, qa_batch, tiny_model_dir):
+    """gradnorm: -(mean over the model's parameter tensors of ||dL/dtheta||_2), L the row's mean answer NLL;
+    reference: L_ref - L (issue 24's MIAs, as open-unlearning defines them), computed here from raw HF forwards."""
+    from lit_unlearn.eval.mia import MIAEvaluator
+    from lit_unlearn.methods import GradDiff
+
+    method = make_method(GradDiff)
+    perturb_lora(method)
+    method.lm.eval()
+    batch = qa_batch["forget"]
+    ev = MIAEvaluator(attacks=["gradnorm", "reference"], reference_model=tiny_model_dir)
+    assert ev.keys == ("loss", "zlib", "mink", "minkpp", "gradnorm", "reference")
+    ev.update(method, batch)
+    ev.compute()
+    params = list(method.lm.parameters())
+    assert not all(q.requires_grad for q in params)  # the base's flags are put back after the attack
+    for i, row in enumerate(ev.last_rows):
+        one = {k: v[i:i + 1] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        flags = [q.requires_grad for q in params]
+        for q in params:
+            q.requires_grad_(True)
+        logits, targets = method.lm(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits[:, :-1], \
+            one["labels"][:, 1:]
+        nll = [-torch.log_softmax(z.float(), -1)[y] for _, z, y in answer_tokens(logits, targets)]
+        loss = sum(nll) / len(nll)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for q, f in zip(params, flags):
+            q.requires_grad_(f)
+        norms = [g.double().norm() for g in grads if g is not None]
+        assert row["gradnorm"] == pytest.approx(-float(sum(norms) / len(norms)), rel=1e-4)
+        ours = float(loss.detach())
+        lg, tg = raw(method, one, reference=True)  # the reference model here: the tiny base = the adapter disabled
+        ref = [-torch.log_softmax(z, -1)[y].item() for _, z, y in answer_tokens(lg, tg)]
+        assert row["reference"] == pytest.approx(sum(ref) / len(ref) - ours, rel=1e-4, abs=1e-6)
+    with pytest.raises(Exception, match="reference attack needs reference_model"):
+        MIAEvaluator(attacks=["reference"])
+    with pytest.raises(Exception, match="unknown attack 'minus'"):
+        MIAEvaluator(attacks=["minus"])
