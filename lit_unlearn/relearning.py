@@ -24,7 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_unlearn.config_files import method_configs
-from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown as markdown, given, pipeline_parser
+from lit_unlearn.pipelines.audit import audit_precisions, audit_stages, export_learned, exporting, recovery
+from lit_unlearn.pipelines.runner import Column, Runner, Stage, config_value, format_markdown as markdown, given, \
+    pipeline_parser
 from lit_unlearn.rtt import add_attack_args, parse_floats, run_rtt
 from lit_unlearn.sweep.setting import SweepSetting
 
@@ -79,17 +81,35 @@ SWEEP = SweepSetting(benchmark="deeb_roger", runner=make_runner, stages=stages, 
 def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_run", mini: int | None = None,
                  model: str | None = None, rtt_lrs: tuple[float, ...] = (), rtt_epochs: int = 6, n_folds: int = 2,
                  unlearn_lr: float | None = None, unlearn_epochs: int | None = None, seed: int = 0,
-                 control: bool = True, dry_run: bool = False) -> dict:
-    """The stages (module docstring), then RTT on each model; returns the summary."""
+                 control: bool = True, dry_run: bool = False, audit: tuple[str, ...] = ()) -> dict:
+    """The stages (module docstring), then RTT on each model; with ``audit`` (precisions), the re-quantization audit
+    of each unlearned model and of the learned one (:mod:`lit_unlearn.pipelines.audit`); returns the summary."""
     flags = {"unlearn": given({"model.init_args.lr": unlearn_lr, "trainer.max_epochs": unlearn_epochs})}
     runner = make_runner(out, mini, model, seed, flags=flags, dry_run=dry_run)
-    records = runner.run(stages(methods))
+    planned = stages(methods)
+    if audit:
+        planned = [planned[0], *(exporting(s) for s in planned[1:])]
+    records = runner.run(planned)
     if dry_run:
         return {"stages": {}}
-    summary = runner.summary(COLUMNS, mini=mini, rtt={"lrs": list(rtt_lrs), "epochs": rtt_epochs, "folds": n_folds})
+    if audit:
+        learned = export_learned(runner.out / "learn", model or str(config_value(runner.docs(planned[0]),
+                                                                                  "model.init_args.model")[1]),
+                                 runner.out / "learn" / "adapter")
+        for stage in planned[1:]:
+            for check in audit_stages(runner, stage, audit):
+                runner.run_one(check)
+        for check in audit_stages(runner, planned[1] if len(planned) > 1 else planned[0], audit, str(learned)):
+            runner.run_one(check)
+    summary = runner.summary(COLUMNS, mini=mini, rtt={"lrs": list(rtt_lrs), "epochs": rtt_epochs, "folds": n_folds},
+                             audit=list(audit))
     learned = records["learn"]["metrics"]["after"]["forget_mcq"]["mcq_acc"]
+    if audit:  # the share of the forgotten forget accuracy each precision brings back
+        rows = summary["stages"]
+        summary["audit_recovery"] = {m: {q: recovery(rows[f"learn_{q}"]["forget"], rows[m]["forget"],
+                                                     rows[f"{m}_{q}"]["forget"]) for q in audit} for m in methods}
     learn_adapter = str(runner.out / "learn" / "adapter")
-    for name in (["learn"] if control else []) + methods:
+    for name in ((["learn"] if control else []) + methods) if rtt_lrs else []:
         adapters = [learn_adapter, *([str(runner.out / name / "adapter")] if name != "learn" else [])]
         best = run_rtt(adapters, runner.out / f"rtt_{name}", model, rtt_lrs, rtt_epochs, n_folds, mini=mini,
                        seed=seed)["overall"]
@@ -106,12 +126,15 @@ def format_markdown(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = pipeline_parser(__doc__, "checkpoints/deeb_roger", "gd,ria,rmu,npo", kinds=("unlearn",))
     parser.add_argument("--no-control", action="store_true", help="skip RTT on the learned model")
+    parser.add_argument("--audit", default="", help="re-quantization audit at these precisions (int8,nf4): each "
+                        "unlearned model merged and evaluated quantized, the learned model as the control")
     add_attack_args(parser)
     args = parser.parse_args(argv)
     out = args.out or ("checkpoints/deeb_roger_mini" if args.mini else "checkpoints/deeb_roger_run")
     summary = run_pipeline([m for m in args.methods.split(",") if m], out, args.mini, args.model,
                            parse_floats(args.rtt_lrs, "--rtt-lrs"), args.rtt_epochs, args.folds, args.unlearn_lr,
-                           args.unlearn_epochs, args.seed, not args.no_control, args.dry_run)
+                           args.unlearn_epochs, args.seed, not args.no_control, args.dry_run,
+                           audit_precisions(args.audit))
     if not args.dry_run:
         print("\n" + format_markdown(summary) + f"\n[lit_unlearn] relearning: {Path(out) / 'summary.json'}")
     return summary

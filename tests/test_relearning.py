@@ -403,3 +403,32 @@ def test_a_stopped_sub_run_stops_the_sweep_with_its_exit_code(tmp_path, monkeypa
         rtt.run_rtt([str(tmp_path / "adapter")], tmp_path / "rtt", lrs=(1e-5, 1e-4), epochs=1, devices=1)
     assert stop.value.code == 130 and len(calls) == 1
     assert "sub-run fold0_lr1e-05 was stopped by a signal" in capsys.readouterr().err
+
+
+def test_the_requantization_audit_evaluates_each_model_merged_and_quantized(random_bd_mirror, mcq_model_dir,
+                                                                            tmp_path, monkeypatch):
+    """Issue 24's audit: the unlearned model is exported merged and evaluated loaded at int8 and nf4 with the stage's
+    own evaluators, the learned model likewise as the control, and the recovery of the forget accuracy is the share
+    of the unlearning's drop the quantized model undoes."""
+    from lit_unlearn.pipelines.audit import audit_precisions, recovery
+    from lit_unlearn.relearning import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "dr_audit"
+    summary = run_pipeline(["gd"], out, mini=2, model=mcq_model_dir, unlearn_epochs=1, control=False,
+                           audit=("int8", "nf4"))
+    stages = summary["stages"]
+    assert {"learn", "gd", "gd_int8", "gd_nf4", "learn_int8", "learn_nf4"} <= set(stages)
+    assert (out / "gd" / "merged" / "config.json").is_file() and (out / "learn" / "merged" / "config.json").is_file()
+    for name, q in (("gd_int8", "int8"), ("gd_nf4", "nf4"), ("learn_nf4", "nf4")):
+        record = json.loads((out / name / "eval_metrics.json").read_text())
+        model = record["config"]["model"]
+        assert model["class_path"].endswith("ScoredModel") and model["init_args"]["quantize"] == q
+        assert model["init_args"]["init_adapter"] is None
+        assert 0 <= stages[name]["forget"] <= 1
+    for q in ("int8", "nf4"):
+        expected = recovery(stages[f"learn_{q}"]["forget"], stages["gd"]["forget"], stages[f"gd_{q}"]["forget"])
+        assert summary["audit_recovery"]["gd"][q] == expected
+    assert recovery(0.9, 0.3, 0.6) == pytest.approx(0.5) and recovery(0.9, 0.9, 0.6) is None
+    with pytest.raises(Exception, match="--audit int4: 'int4' is not a precision"):
+        audit_precisions("int4")

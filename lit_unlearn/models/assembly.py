@@ -33,7 +33,8 @@ def assemble(model: str, adapter: Adapter | None, init_adapter: str | list[str] 
     if check_base is not None:
         check_base(base)
     if adapter is None:
-        base.requires_grad_(True)
+        for p in base.parameters():  # a quantized base's packed weights are integers: they never take a gradient
+            p.requires_grad_(p.is_floating_point())
         lm = base
     else:
         lm = adapter.apply(base)
