@@ -386,3 +386,23 @@ def test_every_shipped_search_space_names_real_keys_of_its_method(path, monkeypa
         for part in rest:
             node = node[part]
         assert node == value, key
+
+
+def test_trials_run_as_processes_of_their_own_report_to_the_study(random_bd_mirror, mcq_model_dir, tmp_path,
+                                                                  monkeypatch):
+    """``--processes``: each stage runs as ``python -m lit_unlearn fit ...`` (what a DDP trial needs: Lightning's
+    launcher re-runs the command of the process it is in), and the trial's callback reaches the study from there."""
+    import optuna
+
+    from lit_unlearn.sweep.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs"
+    space = write_space(tmp_path / "gd.yaml", SPACE.replace("{low: 1, high: 2}", "{low: 2, high: 3}"))
+    summary = main(sweep_args(out, space, 2, "--model", mcq_model_dir, "--processes", "--no-final"))
+    study = optuna.load_study(study_name="gd", storage=f"sqlite:///{out / 'sweeps' / 'gd' / 'study.db'}")
+    for row in summary["trials"]:
+        record = json.loads((out / "sweeps" / "gd" / "trials" / row["run_dir"] / "metrics.json").read_text())
+        assert record["command"].startswith("python __main__.py fit")  # python -m lit_unlearn, not this process
+        assert study.trials[row["number"]].intermediate_values  # reported from the child process
+    assert json.loads((out / "learn" / "metrics.json").read_text())["command"].startswith("python __main__.py fit")

@@ -153,7 +153,7 @@ class Runner:
 
     def __init__(self, out: str | Path, recipe: str | None = None, flags: Mapping[str, Mapping[str, Any]] | None = None,
                  common: Mapping[str, Any] | None = None, settings: tuple[str, ...] = (), dry_run: bool = False,
-                 on_stage: Callable[[Stage, Any], None] | None = None):
+                 on_stage: Callable[[Stage, Any], None] | None = None, processes: bool = False):
         """
         Args:
             out: the run folder; each stage in ``out/<stage>``.
@@ -163,12 +163,14 @@ class Runner:
             settings: configs appended to every stage (the setting: ``tofu/mini``).
             dry_run: print what each stage would do, run nothing.
             on_stage: called with each stage that ran and its CLI object (the demo samples generations from it).
+            processes: run each stage as ``python -m lit_unlearn ...`` in a process of its own instead of in this
+                one (a DDP stage: Lightning's launcher starts the other ranks by re-running the command it sees).
         """
         self.out = Path(out).resolve()
         self.recipe, self.recipe_name = load_recipe(recipe), recipe
         self.flags = {k: dict(v) for k, v in (flags or {}).items()}
         self.common, self.settings, self.dry_run = dict(common or {}), tuple(settings), dry_run
-        self.on_stage = on_stage
+        self.on_stage, self.processes = on_stage, processes
         self.records: dict[str, dict] = {}
         self.plan: list[str] = []
         self._parsed: dict[tuple[Path, ...], list[dict]] = {}  # shipped configs do not change during a run
@@ -326,6 +328,15 @@ class Runner:
         run_dir = self.out / stage.name
         if action == "reuse":
             print(f"[lit_unlearn] reusing the {stage_status(run_dir) or 'finished'} run {run_dir}")
+        elif self.processes:  # a process of its own: a multi-GPU stage's DDP launcher re-runs this command
+            import subprocess
+            import sys
+
+            args = self.args(stage)
+            args = ["eval", *args] if stage.subcommand == "eval" else args
+            code = subprocess.run([sys.executable, "-m", "lit_unlearn", *args]).returncode
+            if code not in (0, 3):
+                raise SystemExit(code)
         else:
             cli = (eval_main if stage.subcommand == "eval" else cli_main)(self.args(stage))
             if cli.exit_code not in (0, 3, None):

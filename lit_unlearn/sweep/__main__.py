@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds between an RDB storage's heartbeats: trials of a lost worker on another host are "
                         "failed and retried after 3 heartbeats")
     p.add_argument("--no-final", action="store_true", help="skip the full evaluation of the frontier's points")
+    p.add_argument("--processes", action="store_true",
+                   help="run each stage as a process of its own (needed for a multi-GPU DDP trial: "
+                        "--trainer.devices 4 --trainer.strategy ddp)")
     p.add_argument("--attack", choices=("none", "best", "frontier"), default="none",
                    help="run the setting's attack (random birthdays: RTT) on the best constrained point or on every "
                         "frontier point, after the full evaluation")
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     constraints = [] if args.no_constraints else args.constraint
     return run_sweep(setting_of(args.setting), args.method, args.n_trials, args.mini, args.out, args.space,
                      args.objective, constraints, args.storage, args.name, args.model, args.seed,
-                     argv_values(extra), args.timeout_min, not args.no_final, args.heartbeat, attack=args.attack)
+                     argv_values(extra), args.timeout_min, not args.no_final, args.heartbeat, attack=args.attack,
+                     processes=args.processes)
 
 
 if __name__ == "__main__":

@@ -339,7 +339,8 @@ def run_sweep(setting, method: str, n_trials: int = 12, mini: int | None = None,
               space_path: str | Path | None = None, objectives: list[str] | None = None,
               constraints: list[str] | None = None, storage: str | None = None, name: str | None = None,
               model: str | None = None, seed: int = 0, extra: dict | None = None, timeout_min: float | None = None,
-              final: bool = True, heartbeat: int | None = None, report: bool = True, attack: str = "none") -> dict:
+              final: bool = True, heartbeat: int | None = None, report: bool = True, attack: str = "none",
+              processes: bool = False) -> dict:
     """Run (or continue) the sweep of ``method`` on ``setting`` (module docstring); returns the summary."""
     if n_trials < 1:
         raise ConfigError(f"--n-trials must be >= 1, got {n_trials}")
@@ -350,6 +351,7 @@ def run_sweep(setting, method: str, n_trials: int = 12, mini: int | None = None,
     stages = setting.stages([method])
     for stage in stages:
         runner.config_paths(stage)  # every config found before anything runs
+    runner.processes = processes  # each trial a process of its own (a multi-GPU DDP trial)
     runner.run(stages[:-1])  # the learned model (and the reference rows): reused, or trained once
     pre, template = runner.with_prerequisite(stages[-1])
     if pre is not None:
