@@ -21,6 +21,7 @@ from importlib import import_module
 PIPELINES = {
     "demo": ("lit_unlearn.demo", "the embedded default experiment: learn invented facts, unlearn half with NPO"),
     "tofu": ("lit_unlearn.tofu", "TOFU: retain-only model -> learn -> unlearn -> forget quality / model utility"),
+    "sequential": ("lit_unlearn.sequential", "TOFU: forget requests one after the other, evaluated after each"),
     "relearning": ("lit_unlearn.relearning", "Deeb & Roger random birthdays: learn -> unlearn -> RTT"),
     "rtt": ("lit_unlearn.rtt", "the relearning attack (RTT) on any model or chain of adapters"),
     "classification": ("lit_unlearn.classification", "SST-2 / Yelp: classifier -> baselines -> SPUL -> PI-Prefix"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from lit_unlearn.core.errors import DataError, EvalError
+from lit_unlearn.core.errors import ConfigError, DataError, EvalError
 from lit_unlearn.core.scoring import TokenStats
 from lit_unlearn.core.tokens import IGNORE
 from lit_unlearn.data.catalog import MIRROR_ENV
@@ -177,10 +177,14 @@ def test_model_utility_and_forget_quality(tmp_path):
     fq = TOFUSummary(reference=str(tmp_path)).compute({"forget": {"tofu": ours}}, results)["forget_quality"]
     assert fq == pytest.approx(ks_2samp([r["truth_ratio_raw"] for r in ours],
                                         [r["truth_ratio_raw"] for r in ref]).pvalue)
-    # a reference computed on other rows is refused, not compared
+    # a reference that lacks some of our rows is refused, not compared
     write_jsonl(tmp_path / "forget.tofu.jsonl", ref[:4])
-    with pytest.raises(EvalError, match="holds other rows than this evaluation"):
+    with pytest.raises(EvalError, match="holds other rows than this evaluation.*id '4' is not in the reference"):
         TOFUSummary(reference=str(tmp_path)).compute({"forget": {"tofu": ours}}, results)
+    # one that holds more (the whole forget set, for one request of a sequence) is read on our rows only
+    part = TOFUSummary(reference=str(tmp_path)).compute({"forget": {"tofu": ours[:3]}}, results)["forget_quality"]
+    assert part == pytest.approx(ks_2samp([r["truth_ratio_raw"] for r in ours[:3]],
+                                          [r["truth_ratio_raw"] for r in ref[:3]]).pvalue)
     write_jsonl(tmp_path / "forget.tofu.jsonl", [{**ref[0], "question": "another"}, *ref[1:]])
     with pytest.raises(EvalError, match="another question"):
         TOFUSummary(reference=str(tmp_path)).compute({"forget": {"tofu": ours}}, results)
@@ -520,3 +524,42 @@ def test_the_summary_shows_what_a_collapsed_run_scored_before_the_restore():
     lines = format_markdown({"stages": {"grad_ascent": row}}, COLUMNS).splitlines()
     assert len(lines) == 4 and lines[2].startswith("| grad_ascent (collapsed: restored) | 0.0005 | 0.310 |")
     assert lines[3].startswith("| grad_ascent at the trip (step 25) | 0.92 | 0.000 |")
+
+
+def test_sequential_requests_each_unlearned_from_the_previous_result(tofu_mirror, tiny_model_dir, tmp_path,
+                                                                     monkeypatch):
+    """Issue 24's sequential unlearning: the forget set cut into 2 requests; request 2 starts from the learned adapter
+    and request 1's, merged in order; after each request the model is evaluated on every request so far (forget
+    quality against the retain-only model's rows of those ids); the curves and the plot are written."""
+    from lit_unlearn.sequential import requests_of, run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "seq"
+    summary = run_pipeline(["graddiff"], out, mini=3, parts=2, model=tiny_model_dir)
+    stages = summary["stages"]
+    assert {"retain", "finetune", "seq_graddiff/r1", "seq_graddiff/r1_seen", "seq_graddiff/r2",
+            "seq_graddiff/r2_seen"} <= set(stages)
+    r2 = json.loads((out / "seq_graddiff" / "r2" / "metrics.json").read_text())
+    assert r2["config"]["model"]["init_args"]["init_adapter"] == [str(out / "finetune" / "adapter"),
+                                                                  str(out / "seq_graddiff" / "r1" / "adapter")]
+    assert r2["config"]["data"]["init_args"]["forget_parts"] == [2, 2, 2]  # the second half of the forget rows
+    seen = json.loads((out / "seq_graddiff" / "r2_seen" / "eval_metrics.json").read_text())
+    assert seen["config"]["model"]["class_path"].endswith("ScoredModel")
+    assert seen["config"]["model"]["init_args"]["init_adapter"] == [
+        str(out / "finetune" / "adapter"), str(out / "seq_graddiff" / "r1" / "adapter"),
+        str(out / "seq_graddiff" / "r2" / "adapter")]
+    rows = [json.loads(line) for line in (out / "seq_graddiff" / "r2_seen" / "rows" / "eval" / "forget.tofu.jsonl")
+            .read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["0", "1", "2", "3"]  # every request so far
+    r1 = [json.loads(line) for line in (out / "seq_graddiff" / "r1_seen" / "rows" / "eval" / "forget.tofu.jsonl")
+          .read_text().splitlines()]
+    assert [r["id"] for r in r1] == ["0", "1"]
+    assert 0 <= seen["metrics"]["eval"]["tofu"]["forget_quality"] <= 1
+    curve = summary["curves"]["graddiff"]
+    assert len(curve["FQ"]) == 3 and curve["MU"][0] == stages["finetune"]["MU"]
+    assert (out / "sequential.png").stat().st_size > 1000
+    assert requests_of(3, None) == [{"data.init_args.forget_parts": [r, r, 3]} for r in (1, 2, 3)]
+    with pytest.raises(ConfigError, match="give --parts K"):
+        requests_of(None, None)
+    with pytest.raises(ConfigError, match="'forget02' is not one of"):
+        requests_of(None, ["forget01", "forget02"])

@@ -56,6 +56,7 @@ class TOFUDataModule(QADataModule):
         forget_split: ForgetSplit = "forget10",
         mini: int | None = None,
         reference: str | None = None,
+        forget_parts: list[int] | None = None,
         tofu: str = "locuslab/TOFU",
         **kwargs,
     ):
@@ -66,12 +67,19 @@ class TOFUDataModule(QADataModule):
                 evaluation set besides forget and holdout; null: the full sets.
             reference: the rows folder of the retain-only model's evaluation (e.g.
                 ``checkpoints/tofu/retain/rows/after``), for forget quality and the privacy leak; null: neither.
+            forget_parts: ``[first, last, k]``: the forget set cut into k consecutive parts of its rows (as equal as
+                may be, in source order), and only parts first..last kept (1-based, inclusive), trained on and
+                evaluated: the forget requests of a sequence (``lit_unlearn.sequential``); null: every row.
             tofu: the TOFU hub repository.
         """
         if forget_split not in PAIRS:
             raise DataError(f"--data.forget_split must be one of {', '.join(PAIRS)}, got {forget_split!r}")
         if mini is not None and mini < 1:
             raise DataError(f"--data.mini must be >= 1 (retain rows) or null, got {mini}")
+        if forget_parts is not None and not (len(forget_parts) == 3 and 1 <= forget_parts[0] <= forget_parts[1]
+                                             <= forget_parts[2]):
+            raise DataError(f"--data.forget_parts must be [first, last, k] with 1 <= first <= last <= k, got "
+                            f"{forget_parts}")
         for key in ("forget", "retain", "eval_splits"):
             if kwargs.pop(key, None) is not None:
                 raise DataError(f"--data.{key}: TOFUDataModule sets its splits from --data.forget_split; leave it out")
@@ -87,6 +95,7 @@ class TOFUDataModule(QADataModule):
                 else user
         super().__init__(*args, **sources, **kwargs)
         self.forget_split, self.mini, self.reference = forget_split, mini, reference
+        self.forget_parts = list(forget_parts) if forget_parts is not None else None
         #: which TOFU set each evaluation split is (the formulas of its ``tofu`` evaluator)
         self.tofu_kinds = dict(KINDS)
 
@@ -99,6 +108,17 @@ class TOFUDataModule(QADataModule):
                                 "the rows folder of the retain-only model's evaluation (run configs/tofu/retain.yaml "
                                 "first: checkpoints/tofu/retain/rows/after), or set it to null")
         super().setup(stage)
+
+    def read_rows(self, split: str) -> list[dict]:
+        rows = super().read_rows(split)
+        if split == "forget" and self.forget_parts is not None:
+            first, last, k = self.forget_parts
+            if k > len(rows):
+                raise DataError(f"--data.forget_parts {self.forget_parts}: the forget set has {len(rows)} rows, fewer "
+                                f"than {k} parts")
+            bounds = [round(i * len(rows) / k) for i in range(k + 1)]
+            rows = rows[bounds[first - 1]:bounds[last]]  # the rows keep their source index: the set's own ids
+        return rows
 
     def record(self, row: dict, split: str) -> dict:
         rec = super().record(row, split)

@@ -145,12 +145,14 @@ def read_reference(directory: str | Path, split: str, evaluator: str) -> tuple[P
 
 
 def matched(ours: list[dict], path: Path, theirs: list[dict], fields: tuple[str, ...] = ("question",)) -> list[dict]:
-    """``theirs`` in the order of ``ours``; refused unless both hold the same rows (ids and ``fields``)."""
+    """The rows of ``theirs`` with the ids of ``ours``, in the order of ``ours``; refused unless ``theirs`` holds
+    every row of ours (ids and ``fields``). A reference evaluated on a whole set serves an evaluation of part of it
+    (one request of a sequence)."""
     by_id = {r["id"]: r for r in theirs}
-    if set(by_id) != {r["id"] for r in ours}:
-        missing = sorted({r["id"] for r in ours} ^ set(by_id))
+    missing = sorted({r["id"] for r in ours} - set(by_id))
+    if missing:
         raise EvalError(f"--data.reference: {path} holds other rows than this evaluation ({len(theirs)} vs "
-                        f"{len(ours)} rows; e.g. id {missing[0]!r} is in one only): refusing to compare")
+                        f"{len(ours)} rows; e.g. id {missing[0]!r} is not in the reference): refusing to compare")
     for r in ours:
         for f in fields:
             if r.get(f) != by_id[r["id"]].get(f):

@@ -239,7 +239,8 @@ class Runner:
 
     def artifacts(self, stage: Stage) -> dict[str, str]:
         """The argument of each ``needs`` key: the artifact's path; ``key@side`` entries of one key are gathered
-        into one JSON mapping ``{side: path, ...}`` (RapidUn's two weights files, TNPO's forget masks)."""
+        into one JSON mapping ``{side: path, ...}`` (RapidUn's two weights files, TNPO's forget masks), or, when every
+        side is a number, into a JSON list in that order (a chain of saved adapters to merge)."""
         plain, sides = {}, {}
         for key, ref in stage.needs.items():
             src, name = ref.split(":")
@@ -249,6 +250,9 @@ class Runner:
                 sides.setdefault(base, {})[side] = path
             else:
                 plain[key] = path
+        for key, value in sides.items():
+            if all(side.isdigit() for side in value):
+                sides[key] = [value[side] for side in sorted(value, key=int)]
         return {**plain, **{k: json.dumps(v) for k, v in sides.items()}}
 
     def floor_applies(self, stage: Stage) -> bool:
