@@ -383,7 +383,8 @@ def test_evaluators_are_configured_with_their_own_arguments(tiny_model_dir, data
     assert isinstance(dm.evaluators_for("retain")[0], MIAEvaluator) and dm.evaluators_for("retain")[0].k == 0.3
     assert dm.evaluators_for("forget")[1] is not forget[1]  # fresh evaluators (they hold rows) on every call
     bad = [({"forget": [{"class_path": "mia", "init_args": {"kk": 1}}]}, None,
-            r"--data\.evaluators\.forget\[0\]\.init_args\.kk: MIAEvaluator has no argument 'kk' \(it takes: k, zlib\)"),
+            r"--data\.evaluators\.forget\[0\]\.init_args\.kk: MIAEvaluator has no argument 'kk' \(it takes: k, zlib, attacks, p,"
+            r" reference_model, reference_adapter\)"),
            ({"forget": [{"class_path": "mia", "init_args": {"k": 2}}]}, None,
             r"--data\.evaluators\.forget\[0\] \(MIAEvaluator\): mia: k must be in \(0, 1\], got 2"),
            ({"forget": ["answer", {"class_path": "nope.Nope"}]}, None, r"--data\.evaluators\.forget\[1\]: unknown"),

@@ -111,7 +111,7 @@ def test_registries_are_derived_from_the_classes():
     assert all(getattr(methods, name) is cls for name, cls in methods.METHODS.items())  # importable by name
     assert set(adapters.ADAPTERS) == {"LoRA", "Prefix", "SoftPrompt", "LoReFT"}
     assert set(evaluation.EVALUATORS) == {"answer", "label", "tofu", "mia", "mcq", "gate", "backdoor", "perplexity",
-                                        "memorization"}
+                                        "memorization", "rouge"}
 
     class LocalMethod(methods.GradAscent):  # defined outside the package: not a registered method
         pass

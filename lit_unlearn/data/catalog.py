@@ -95,6 +95,9 @@ CATALOG: dict[str, Rule] = {r.repo: r for r in (
     # the RapidUn backdoor data (GitHub eyerf/RapidUn, data/<config>/<split>.jsonl): config = the folder
     # (unlearn_packs, dolly_triggers_out), split = the file's stem (forget_set, retain_set, train_poisoned, ...); no
     # config: data/keywords_scored_top1000.tsv, the words of the poisoned responses (eyerf/RapidUn@keywords_scored_top1000)
+    # MUSE (muse-bench/MUSE-News, muse-bench/MUSE-Books): muse/<news|books>/<config>/<split>.jsonl, the hub's fields
+    Rule("muse-bench/MUSE-News", lambda c, s: f"muse/news/{c}/{s}.jsonl" if c else None),
+    Rule("muse-bench/MUSE-Books", lambda c, s: f"muse/books/{c}/{s}.jsonl" if c else None),
     Rule("eyerf/RapidUn", lambda c, s: f"rapidun/{c}/{s}.jsonl" if c in ("unlearn_packs", "dolly_triggers_out")
          else f"rapidun/{s}.tsv" if c is None and s == "keywords_scored_top1000" else None),
 )}

@@ -14,11 +14,12 @@ from lit_unlearn.eval.label import LabelEvaluator
 from lit_unlearn.eval.mcq import MCQEvaluator
 from lit_unlearn.eval.memorization import MemorizationEvaluator
 from lit_unlearn.eval.mia import MIAEvaluator, MIASummary
+from lit_unlearn.eval.rouge import ROUGEEvaluator
 from lit_unlearn.eval.suite import EvalSuite, format_table
 from lit_unlearn.eval.tofu import TOFUEvaluator, TOFUSummary
 
 EVALUATORS: dict[str, type[Evaluator]] = {cls.name: cls for cls in subclasses_in(Evaluator, __name__).values()}
 
 __all__ = ["EVALUATORS", "Aggregate", "AnswerEvaluator", "BackdoorEvaluator", "PerplexityEvaluator", "EvalSuite", "Evaluator", "GateEvaluator", "LabelEvaluator", "MCQEvaluator",
-           "MemorizationEvaluator", "MIAEvaluator", "MIASummary", "Scorer", "TOFUEvaluator", "TOFUSummary", "format_table", "gather_rows",
+           "MemorizationEvaluator", "MIAEvaluator", "MIASummary", "ROUGEEvaluator", "Scorer", "TOFUEvaluator", "TOFUSummary", "format_table", "gather_rows",
            "greedy_generate"]
