@@ -303,7 +303,7 @@ def progress(plan: Plan, study, trial, t_start: float, done_here: int) -> str:
     from lit_unlearn.sweep.report import best_trial, fmt
 
     n_ended = len(ended(study))
-    values = ", ".join(f"{m.split('/')[-1]} {fmt(v)}" for m, v in (trial.user_attrs.get(METRICS) or {}).items())
+    values = ", ".join(f"{m} {fmt(v)}" for m, v in (trial.user_attrs.get(METRICS) or {}).items())
     state = trial.state.name.lower()
     if trial.state.name == "COMPLETE" and plan.constraints:
         state += ", feasible" if feasible(trial.user_attrs.get(VIOLATIONS, [])) else ", infeasible"
