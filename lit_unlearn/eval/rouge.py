@@ -14,10 +14,23 @@ scores with the Porter stemmer (``stemmer: true`` here gives that).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Literal
 
 from lit_unlearn.core.errors import EvalError
 from lit_unlearn.eval.base import Evaluator, Scorer
+
+
+@lru_cache(maxsize=2)
+def _scorer(stemmer: bool):
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
+
+
+def rouge_l(reference: str, generated: str, stemmer: bool):
+    """ROUGE-L of ``generated`` against ``reference`` (``rouge-score``; its precision, recall and fmeasure)."""
+    return _scorer(stemmer).score(reference, generated)["rougeL"]
 
 
 class ROUGEEvaluator(Evaluator):
@@ -43,14 +56,9 @@ class ROUGEEvaluator(Evaluator):
             raise EvalError(f"rouge: score must be f1 or recall, got {score!r}")
         self.max_new_tokens, self.stopwords, self.score, self.stemmer = max_new_tokens, list(stopwords or []), \
             score, stemmer
-        self._scorer = None
 
     def rouge(self, reference: str, generated: str) -> float:
-        if self._scorer is None:
-            from rouge_score import rouge_scorer
-
-            self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=self.stemmer)
-        result = self._scorer.score(reference, generated)["rougeL"]
+        result = rouge_l(reference, generated, self.stemmer)
         return result.fmeasure if self.score == "f1" else result.recall
 
     def cut(self, text: str) -> str:

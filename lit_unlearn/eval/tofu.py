@@ -29,6 +29,7 @@ from typing import ClassVar, Literal
 
 from lit_unlearn.core.errors import EvalError
 from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer
+from lit_unlearn.eval.rouge import rouge_l
 
 Kind = Literal["forget", "retain", "real_authors", "world_facts"]
 #: the three sets whose prob / rouge / truth_ratio make model utility, in docs order
@@ -61,18 +62,13 @@ class TOFUEvaluator(Evaluator):
         self.kind, self.max_new_tokens, self.generate = kind, max_new_tokens, generate
         if not generate:
             self.keys, self.primary = ("prob", "truth_ratio"), "prob"
-        self._rouge = None
 
     def bind(self, datamodule, split: str) -> None:
         if self.kind is None:
             self.kind = getattr(datamodule, "tofu_kinds", {}).get(split, "retain")
 
     def rouge_recall(self, reference: str, generated: str) -> float:
-        if self._rouge is None:
-            from rouge_score import rouge_scorer
-
-            self._rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-        return self._rouge.score(reference, generated)["rougeL"].recall
+        return rouge_l(reference, generated, stemmer=True).recall
 
     def update(self, module: Scorer, batch: dict) -> None:
         if self.kind is None:
