@@ -284,9 +284,12 @@ def test_pruned_and_collapsed_trials_are_recorded_as_such(random_bd_mirror, mcq_
     ok = read_outcome(Plan, {"status": "finished", "metrics": {"after": after}}, None)
     assert ok["state"] == "COMPLETE" and ok["values"] == [0.3] and ok["constraints"] == [pytest.approx(-0.05)]
     tripped = {"status": "collapsed", "metrics": {"after": after, "collapse_events": [
-        {"step": 9, "reason": "val/retain/acc=0.1 below the floor 0.5", "restored_step": 6}]}}
+        {"step": 9, "reason": "val/retain/acc=0.1 below the floor 0.5", "restored_step": 6,
+         "evaluation": {"val/forget/acc": 0.05, "val/retain/acc": 0.1}}]}}
     out_c = read_outcome(Plan, tripped, None)
     assert out_c["state"] == "PRUNED" and out_c["status"] == "collapsed" and out_c["trip"]["step"] == 9
+    # the collapsed model's numbers at the trip, not the restored adapter's evaluation after fit
+    assert out_c["metrics"] == {"forget/acc": 0.05, "retain/acc": 0.1}
     assert read_outcome(Plan, {"status": "diverged", "metrics": {"after": {}}}, None)["state"] == "PRUNED"
     missing = read_outcome(Plan, {"status": "finished", "metrics": {"after": {"retain": {"acc": 1.0}}}}, None)
     assert missing["state"] == "FAIL"

@@ -111,11 +111,11 @@ def markdown(summary: dict) -> str:
     for row in summary["trials"]:
         state = row["state"].lower() + (" (frontier)" if row["number"] in front else "")
         if row["state"] != "COMPLETE" and row["status"] not in (None, "finished"):
-            state += f": {row['status']}"
+            state += f": {row['status']}" + (" (metrics at the trip)" if row["status"] == "collapsed" else "")
         cells = [str(row["number"]), state, *[fmt(row["params"].get(k)) for k in keys],
                  *[fmt(row["metrics"].get(m)) for m in metrics],
                  "yes" if row["feasible"] else "no" if row["state"] == "COMPLETE" else "-",
-                 fmt(row["seconds"].get("fit"))]
+                 "-" if row["seconds"].get("fit") is None else f"{row['seconds']['fit']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     best = summary["best"]
     lines.append("")

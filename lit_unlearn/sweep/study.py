@@ -246,6 +246,13 @@ def read_outcome(plan: Plan, record: dict, pruned_at: int | None) -> dict:
         events = metrics.get("collapse_events") or []
         if events:
             out["trip"] = {"step": events[-1]["step"], "reason": events[-1]["reason"]}
+            # what the collapsed model scored when the guard tripped (the evaluation after fit is of the restored one)
+            tripped: dict = {}
+            for name, value in (events[-1].get("evaluation") or {}).items():
+                split, _, key = name.removeprefix("val/").partition("/")
+                tripped.setdefault(split, {})[key] = value
+            if tripped:
+                out[METRICS] = {m: metric_value(tripped, m) for m in sorted(keep)}
         out["state"] = "PRUNED"
     elif pruned_at is not None:
         out.update(state="PRUNED", **{STATUS: f"pruned at epoch {pruned_at}"})
