@@ -68,6 +68,18 @@ def trial_row(t) -> dict:
             "pruned_at_epoch": attrs.get("pruned_at_epoch"), "values": list(t.values) if t.values else None}
 
 
+def collapsed_metrics(plan, row: dict) -> dict | None:
+    """What a collapsed trial scored at the trip, read from its run's metrics.json (None where it is not readable)."""
+    import json
+
+    from lit_unlearn.sweep.study import read_outcome
+
+    path = plan.directory / "trials" / str(row["run_dir"]) / "metrics.json"
+    if not path.is_file():
+        return None
+    return read_outcome(plan, json.loads(path.read_text()), None).get("metrics")
+
+
 def summarize(plan, study, frontier_trials, full: dict, runner, template, setting) -> dict:
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in (*STATES, "FAIL")]
     ended = [t for t in trials if t.state.name in STATES]
@@ -84,10 +96,16 @@ def summarize(plan, study, frontier_trials, full: dict, runner, template, settin
             "fit_s_total": round(sum(fits), 1), "proxy_eval_s_total": round(sum(evals), 1),
             # the in-loop proxy evaluations are part of fit's wall time: their share of it
             "proxy_eval_share_of_fit": round(sum(evals) / sum(fits), 3) if fits and sum(fits) else None}
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        row = trial_row(t)
+        if row["status"] == "collapsed":  # read again from its run: a study from before the trip's numbers were kept
+            row["metrics"] = collapsed_metrics(plan, row) or row["metrics"]
+        rows.append(row)
     return {"name": plan.name, "method": plan.method, "benchmark": setting.benchmark, "storage": plan.storage,
             **plan.describe(), "axes": list(plan.axes), "proxy": plan.proxy, "fixed": plan.space.fixed,
             "n_trials": plan.n_trials, "reference": plan.reference,
-            "trials": [trial_row(t) for t in sorted(trials, key=lambda t: t.number)],
+            "trials": rows,
             "frontier": [t.number for t in frontier_trials],
             "best": None if best is None else {**trial_row(best), "full_evaluation": full.get(best.number)},
             "full_evaluation": {str(k): v for k, v in full.items() if v is not None},
