@@ -103,7 +103,8 @@ def summarize(plan, study, frontier_trials, full: dict, runner, template, settin
             row["metrics"] = collapsed_metrics(plan, row) or row["metrics"]
         rows.append(row)
     return {"name": plan.name, "method": plan.method, "benchmark": setting.benchmark, "storage": plan.storage,
-            **plan.describe(), "axes": list(plan.axes), "proxy": plan.proxy, "fixed": plan.space.fixed,
+            **plan.describe(), "pruner": study.user_attrs.get("pruner"), "axes": list(plan.axes),
+            "proxy": plan.proxy, "fixed": plan.space.fixed,
             "n_trials": plan.n_trials, "reference": plan.reference,
             "trials": rows,
             "frontier": [t.number for t in frontier_trials],

@@ -163,6 +163,7 @@ def make_study(plan: Plan, heartbeat: int | None = None):
     made_for = study.user_attrs.get("plan")
     if made_for is None:
         study.set_user_attr("plan", plan.describe())
+        study.set_user_attr("pruner", pruner_spec(plan))  # what its trials were pruned by (a record, not checked)
     elif made_for != plan.describe():
         diff = next(k for k in plan.describe() if plan.describe()[k] != made_for.get(k))
         raise ConfigError(f"--storage {plan.storage}: study {plan.name!r} was made with other {diff} "
