@@ -103,6 +103,7 @@ def test_objectives_and_constraints_parse_and_bad_ones_are_refused():
     points = [(0, [0.5, 0.9]), (1, [0.3, 0.8]), (2, [0.6, 0.7]), (3, [0.3, 0.9])]
     assert sorted(pareto_front(points, objs)) == [3]  # 3 dominates every other point
     assert sorted(pareto_front(points[:3], objs)) == [0, 1]
+    assert pareto_front([(4, [1.0, 1.0]), (5, [1.0, 1.0]), (6, [0.5, 0.9])], objs) == [4, 6]  # ties: the first
 
 
 # ---- sweeps on the tiny random-birthdays pipeline ----------------------------------------------------------------

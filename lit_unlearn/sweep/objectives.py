@@ -119,8 +119,13 @@ def feasible(violations_: list[float]) -> bool:
 
 
 def pareto_front(points: list[tuple[int, list[float]]], objectives: list[Objective]) -> list[int]:
-    """The ids of the points no other point dominates (at least as good in every objective, better in one)."""
-    losses = {i: [o.sign * v for o, v in zip(objectives, values)] for i, values in points}
+    """The ids of the points no other point dominates (at least as good in every objective, better in one); of
+    points with the same values only the first is kept (five trials that changed nothing are one point)."""
+    losses: dict[int, list[float]] = {}
+    for i, values in points:
+        loss = [o.sign * v for o, v in zip(objectives, values)]
+        if loss not in losses.values():
+            losses[i] = loss
 
     def dominates(a: list[float], b: list[float]) -> bool:
         return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
