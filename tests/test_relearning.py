@@ -5,6 +5,7 @@ learn -> unlearn -> RTT pipeline run end to end on a tiny model from the shipped
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -308,6 +309,7 @@ def test_the_relearning_pipeline_runs_learn_unlearn_rtt_from_the_shipped_configs
     assert capsys.readouterr().out.count("reusing") == 3 and again["stages"] == stages
     # the values the hand-written driver this pipeline replaced gave on this tiny setting (issue 21), re-pinned when the
     # mini recipe's learn stage became lr 3e-4 for 16 epochs (its calibrated accuracies and one RTT retain value moved)
+    # and again when its gd section became the searched point (lr 2.3e-4, retain weight 28): the GD RTT retain value
     pinned = json.loads((Path(__file__).parent / "pinned" / "relearning_tiny_summary.json").read_text())
     for stage, row in pinned.items():
         for key, value in row.items():
@@ -433,3 +435,22 @@ def test_the_requantization_audit_evaluates_each_model_merged_and_quantized(rand
     assert recovery(0.9, 0.3, 0.6) == pytest.approx(0.5) and recovery(0.9, 0.9, 0.6) is None
     with pytest.raises(Exception, match="--audit int4: 'int4' is not a precision"):
         audit_precisions("int4")
+
+
+def test_the_mini_recipe_runs_gd_and_rmu_at_their_searched_points(random_bd_mirror, mcq_model_dir, tmp_path, capsys):
+    """docs/results/frontier.md: the searches' best constrained points are the mini recipe's gd and rmu sections, and
+    a stage's own section wins over the recipe's shared unlearn section (GD: lr 2.3e-4, not 1e-4)."""
+    from lit_unlearn.relearning import main
+
+    main(["--mini", "2", "--methods", "rmu,gd", "--out", str(tmp_path / "dry"), "--model", mcq_model_dir, "--dry-run"])
+    out = capsys.readouterr().out
+    stages = dict(re.findall(r"^(\w+): run \(fit\)\n((?:  .*\n)+)", out, re.M))
+    assert set(stages) >= {"rmu", "gd"}, out
+    for key, value in [("lr", "0.0008"), ("steering", "1.45"), ("alpha", "180.0"), ("layer", "5")]:
+        assert f"model.init_args.{key} = {value}  (recipe deeb_roger_mini: rmu)" in stages["rmu"], key
+    assert "trainer.max_epochs = 6  (recipe deeb_roger_mini: rmu)" in stages["rmu"]
+    assert "model.init_args.lr = 0.00023  (recipe deeb_roger_mini: gd)" in stages["gd"]
+    assert "model.init_args.retain_weight = 28.0  (recipe deeb_roger_mini: gd)" in stages["gd"]
+    assert "trainer.max_epochs = 2  (recipe deeb_roger_mini: gd)" in stages["gd"]
+    assert "(recipe deeb_roger_mini: unlearn)" not in stages["gd"] + stages["rmu"]
+    assert not (tmp_path / "dry").exists()  # a dry run writes nothing
