@@ -17,9 +17,10 @@ from test_cli import CONFIGS, config_command
 
 SHIPPED = [c for c in CONFIGS if not c.parent.name == "demo"]  # the demo writes its own data files
 # hub datasets the catalog knows but this workspace's mirror does not hold: a shipped config may name them (users
-# read them from the hub); here they must resolve to that hub id, and test_muse.py reads their fields from rows
-# written in the hub's layout
-NOT_MIRRORED = {"muse-bench/MUSE-News", "muse-bench/MUSE-Books"}
+# read them from the hub); here they must resolve to that hub id, and test_muse.py
+# and test_wmdp.py read their fields from rows written in the hub's layout
+NOT_MIRRORED = {"muse-bench/MUSE-News": "muse", "muse-bench/MUSE-Books": "muse", "cais/wmdp": "wmdp",
+                "cais/wmdp-corpora": "wmdp", "Salesforce/wikitext": "wikitext"}  # repo -> its mirror folder
 
 
 @needs_mirror
@@ -35,7 +36,7 @@ def test_every_shipped_config_names_hub_ids_that_the_mirror_serves(config, monke
             hub = cut["name"] if cut else name
             assert sources.parse_hub(hub) is not None and not Path(hub).exists(), f"{split}: {name} is not a hub id"
             source = sources.resolve(name, split)
-            if source.hub.repo in NOT_MIRRORED and not (MIRROR / "muse").exists():
+            if source.hub.repo in NOT_MIRRORED and not (MIRROR / NOT_MIRRORED[source.hub.repo]).exists():
                 assert source.path is None and source.hub.config and source.hub.split, name
                 continue
             assert source.path is not None and source.path.is_relative_to(MIRROR), f"{name} is not served by the mirror"

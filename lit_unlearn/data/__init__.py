@@ -10,6 +10,8 @@ from lit_unlearn.data.muse import MUSEDataModule
 from lit_unlearn.data.qa import QADataModule
 from lit_unlearn.data.sst2 import SST2DataModule
 from lit_unlearn.data.tofu import TOFUDataModule
+from lit_unlearn.data.wmdp import WMDPDataModule
 
 __all__ = ["BackdoorDataModule", "DataError", "DeebRogerDataModule", "ForgetRetainDataModule", "MCQDataModule", "QADataModule",
-           "MUSEDataModule", "RatioSampler", "SST2DataModule", "TOFUDataModule"]
+           "MUSEDataModule", "RatioSampler", "SST2DataModule", "TOFUDataModule",
+           "WMDPDataModule"]

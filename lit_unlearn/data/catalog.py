@@ -98,6 +98,16 @@ CATALOG: dict[str, Rule] = {r.repo: r for r in (
     # MUSE (muse-bench/MUSE-News, muse-bench/MUSE-Books): muse/<news|books>/<config>/<split>.jsonl, the hub's fields
     Rule("muse-bench/MUSE-News", lambda c, s: f"muse/news/{c}/{s}.jsonl" if c else None),
     Rule("muse-bench/MUSE-Books", lambda c, s: f"muse/books/{c}/{s}.jsonl" if c else None),
+    # WMDP (cais/wmdp: wmdp-bio / wmdp-chem / wmdp-cyber @test; cais/wmdp-corpora: bio-retain-corpus,
+    # cyber-forget-corpus, cyber-retain-corpus @train; the gated cais/wmdp-bio-forget-corpus@train) and wikitext
+    # (Salesforce/wikitext:<config>@<split>, RMU's retain corpus): wmdp/<config>.jsonl, wmdp/corpora/<config>.jsonl,
+    # wikitext/<config>/<split>.jsonl, in the hub's fields
+    Rule("cais/wmdp", lambda c, s: f"wmdp/{c}.jsonl" if c in ("wmdp-bio", "wmdp-chem", "wmdp-cyber") and s == "test"
+         else None),
+    Rule("cais/wmdp-corpora", lambda c, s: f"wmdp/corpora/{c}.jsonl" if c and s == "train" else None),
+    Rule("cais/wmdp-bio-forget-corpus",
+         lambda c, s: "wmdp/corpora/bio-forget-corpus.jsonl" if c in (None, "default") and s == "train" else None),
+    Rule("Salesforce/wikitext", lambda c, s: f"wikitext/{c}/{s}.jsonl" if c else None),
     Rule("eyerf/RapidUn", lambda c, s: f"rapidun/{c}/{s}.jsonl" if c in ("unlearn_packs", "dolly_triggers_out")
          else f"rapidun/{s}.tsv" if c is None and s == "keywords_scored_top1000" else None),
 )}
