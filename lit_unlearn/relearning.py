@@ -104,9 +104,9 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
     summary = runner.summary(COLUMNS, mini=mini, rtt={"lrs": list(rtt_lrs), "epochs": rtt_epochs, "folds": n_folds},
                              audit=list(audit))
     learned = records["learn"]["metrics"]["after"]["forget_mcq"]["mcq_acc"]
-    if audit:  # the share of the forgotten forget accuracy each precision brings back
+    if audit:  # the share of the forgotten forget accuracy each precision brings back (against full precision)
         rows = summary["stages"]
-        summary["audit_recovery"] = {m: {q: recovery(rows[f"learn_{q}"]["forget"], rows[m]["forget"],
+        summary["audit_recovery"] = {m: {q: recovery(rows["learn"]["forget"], rows[m]["forget"],
                                                      rows[f"{m}_{q}"]["forget"]) for q in audit} for m in methods}
     learn_adapter = str(runner.out / "learn" / "adapter")
     for name in ((["learn"] if control else []) + methods) if rtt_lrs else []:

@@ -13,8 +13,11 @@ audit to its unlearning stages:
    must leave the knowledge in).
 
 :func:`recovery` reads the share of the forgotten knowledge a precision brings back, on a metric where higher means
-known: (m_quantized - m_unlearned) / (m_learned - m_unlearned), 0 when quantizing keeps the forgetting, 1 when it
-undoes it (undefined where unlearning moved the metric less than ``min_gap``).
+known: (m_unlearned,q - m_unlearned) / (m_learned - m_unlearned), the learned and unlearned models at full precision
+(as Zhang et al. compare them), 0 when quantizing keeps the forgetting, 1 when it undoes it, below 0 when quantizing
+removes more (undefined where unlearning moved the metric less than ``min_gap``). The learned model at the same
+precision is the control read beside it: where quantizing erases the learned knowledge itself (m_learned,q far
+below m_learned), a low recovery says nothing about the unlearning.
 """
 
 from __future__ import annotations
