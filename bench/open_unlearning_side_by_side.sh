@@ -132,10 +132,12 @@ for k in lit or ou:
 for split, c in (("forget", "forget01_perturbed"), ("retain_eval", "retain_perturbed"),
                  ("real_authors", "real_authors_perturbed"), ("world_facts", "world_facts_perturbed")):
     f = f"{out}/lit/eval/rows/eval/{split}.tofu.jsonl"
-    if os.path.exists(f):
-        got = sorted(json.loads(l)["index"] for l in open(f))
-        same = got == json.load(open(f"{out}/ou_data/locuslab/TOFU/{c}.index.json"))
-        ou_rows = None
+    if not os.path.exists(f):
+        print(f"{split}: eval.py wrote no rows file ({f})")
+        continue
+    got = sorted(json.loads(l)["index"] for l in open(f))
+    same = got == json.load(open(f"{out}/ou_data/locuslab/TOFU/{c}.index.json"))
+    ou_rows = None
     if os.path.exists(f"{out}/ou/TOFU_EVAL.json"):  # the rows open-unlearning scored, from its per-index values
         key = {"forget": "forget_Q_A_Prob", "retain_eval": "retain_Q_A_Prob", "real_authors": "ra_Q_A_Prob",
                "world_facts": "wf_Q_A_Prob"}[split]
