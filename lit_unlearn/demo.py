@@ -35,12 +35,10 @@ STAGES = [Stage("learn", ("demo/learn",)),
 
 def sample_answers(generations: dict, stage: Stage, cli) -> None:
     """Greedy answers of the model ``stage`` trained to ``SAMPLES`` rows of each split, into ``generations``."""
-    from lit_unlearn.eval import greedy_generate
-
     generations[stage.name] = {}
     for split, ds in cli.datamodule.datasets.items():
         rows = ds.rows[:SAMPLES]
-        answers = greedy_generate(cli.model.lm, cli.model.tokenizer, [r["prompt"] for r in rows], SAMPLE_TOKENS)
+        answers = cli.model.generate([r["prompt"] for r in rows], SAMPLE_TOKENS)
         generations[stage.name][split] = [{"question": r["question"], "answer": r["answer"].strip(),
                                            "generated": g.strip()} for r, g in zip(rows, answers)]
 

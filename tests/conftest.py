@@ -17,6 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The local mirror of the hub datasets the shipped configs name (docs/data.md): the workspace's shared data folder
 # beside the checkout, unless the environment names another.
 os.environ.setdefault("LIT_UNLEARN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+# absolute, so that tests which change directory (monkeypatch.chdir) still find a mirror given as a relative path
+os.environ["LIT_UNLEARN_DATA"] = str(Path(os.environ["LIT_UNLEARN_DATA"]).resolve())
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

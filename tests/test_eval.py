@@ -336,6 +336,39 @@ def test_greedy_generation_batched_with_left_padding_equals_one_by_one(tiny_mode
     assert len(early[0]) < len(single[0]) and early != batched
 
 
+def test_the_tokens_every_prompt_begins_with_run_once_and_change_no_generation(tiny_model_dir):
+    """A chat template's system block begins every prompt: generation runs it once (batch 1) and repeats its KV
+    cache into each batch (issue 22); the texts equal those of running every prompt whole, and transformers' own."""
+    from lit_unlearn.eval import greedy_generate
+    from lit_unlearn.models.generate import common_head
+
+    method = scorer(tiny_model_dir)
+    tok, lm = method.tokenizer, method.lm
+    system = "### System: you answer questions about writers, briefly and in full sentences.\n\n"
+    prompts = [system + q for q in ("Question: Where was Ilsa Varga born?\nAnswer:", "Question: Where?\nAnswer:",
+                                    "### Text: dull and far too long\n\n### Question: sentiment?\n\n###")]
+    width = common_head([tok(p)["input_ids"] for p in prompts])
+    assert width >= 8
+    shapes = []
+    hook = lm.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                        with_kwargs=True)
+    try:
+        shared = greedy_generate(lm, tok, prompts, max_new_tokens=6, batch_size=2)
+    finally:
+        hook.remove()
+    assert shapes[0] == (1, width)  # the common head, once
+    assert all(s[1] < len(tok(prompts[0])["input_ids"]) - width + 20 for s in shapes[1:])  # then only the rest
+    whole = greedy_generate(lm, tok, prompts, max_new_tokens=6, batch_size=2, share_head=False)
+    lm.eval()
+    hf = []
+    for p in prompts:
+        enc = tok(p, return_tensors="pt")
+        gen = lm.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        hf.append(tok.decode(gen[0, enc["input_ids"].size(1):], skip_special_tokens=True))
+    assert shared == whole == hf and any(shared)
+    assert common_head([[1, 2, 3], [1, 2, 4]]) == 0 and common_head([[5] * 12 + [1], [5] * 12 + [2]], least=8) == 12
+
+
 @pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
 def test_generation_on_an_nf4_base_with_the_adapter_on_and_off(tiny_model_dir_64, make_method):
     from lit_unlearn.eval import greedy_generate

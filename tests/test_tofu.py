@@ -92,6 +92,38 @@ def test_tofu_metrics_by_hand(kind):
     assert rows[1]["rouge"] == 1.0 and rows[1]["answer"] == "Oslo"
 
 
+def test_the_suite_pools_every_splits_generations_into_one_call():
+    """Inside an EvalSuite the TOFU sets' generations wait and run as one call over every split's prompts (issue 22:
+    a mini run's sets of 8 rows decoded in batches of 8); the rows and ROUGE are those of generating at once."""
+    from lit_unlearn.eval import EvalSuite
+
+    calls = []
+
+    class Counting(Scripted):
+        def teacher_forced(self, batch, logits=False, moments=False):
+            return super().teacher_forced(batch, logits)
+
+        def generate(self, prompts, max_new_tokens, batch_size=16):
+            calls.append((list(prompts), batch_size))
+            return super().generate(prompts, max_new_tokens)
+
+    suite = EvalSuite({"forget": [TOFUEvaluator("forget", max_new_tokens=8)],
+                       "retain_eval": [TOFUEvaluator("retain", max_new_tokens=8)]}, generate_batch_size=64)
+    module = Counting(NLL, SAYS)
+    suite.update(module, qa_batch(ROWS[:1]))
+    suite.update(module, qa_batch(ROWS[1:]))
+    suite.update(module, {**qa_batch(ROWS), "split": "retain_eval"})
+    assert calls == []  # nothing generated before compute
+    out = suite.compute()
+    assert calls == [(["Q1", "Q2", "Q1", "Q2"], 64)]
+    alone = TOFUEvaluator("forget", max_new_tokens=8)
+    alone.update(Scripted(NLL, SAYS), qa_batch(ROWS))
+    assert out["forget"]["rouge"] == alone.compute()["rouge"] == pytest.approx((4 / 6 + 1.0) / 2)
+    rows = suite.plan["retain_eval"][0].last_rows
+    assert [r["generated"] for r in rows] == ["Paris is the capital city", "Oslo"]
+    assert suite.pending == [] and out["forget"]["time_s"] >= 0
+
+
 def test_every_answer_of_a_row_goes_through_the_same_answer_template(tiny_model_dir, tmp_path):
     """Gold, paraphrased and perturbed answers are scored under one template (a custom one included): the truth
     ratio compares like with like (issue 22: they were scored as " " + text whatever the template)."""
@@ -119,8 +151,14 @@ def test_every_answer_of_a_row_goes_through_the_same_answer_template(tiny_model_
     assert seen["groups"] == [["\nA: In Oslo.", "\nA: Bergen.", "\nA: Lima."]]
 
 
-def test_answers_scored_together_equal_scoring_each_alone(make_method):
+@pytest.mark.parametrize("system", ["", "### System: you answer questions about writers, briefly and in full.\n"])
+def test_answers_scored_together_equal_scoring_each_alone(make_method, system):
+    """Scored together (the prompt run once per group; with a ``system`` block that begins every prompt, that block
+    run once for all groups) or each pair alone: the same numbers."""
+    from lit_unlearn.core.tokens import encode
     from lit_unlearn.methods import NPO
+    from lit_unlearn.models.generate import common_head
+    from lit_unlearn.models.shared_prefix import split_group
 
     method = make_method(NPO)
     with torch.no_grad():  # a trained-looking adapter: B != 0
@@ -130,6 +168,10 @@ def test_answers_scored_together_equal_scoring_each_alone(make_method):
     prompts = ["Question: Where was Ilsa Varga born?\nAnswer:", "Question: Who?\nAnswer:",
                "Question: In which city was the writer Yara Halloran born?\nAnswer:"]
     groups = [[" Lisbon", " Oslo in the north", " Cairo"], [" Lima"], [" Dublin, a city", " Prague", " Seoul", " X"]]
+    prompts = [system + p for p in prompts]
+    heads = [encode(method.tokenizer, p, g[0])["input_ids"][:split_group([encode(method.tokenizer, p, a) for a in g])]
+             for p, g in zip(prompts, groups)]
+    assert (common_head(heads) >= 8) == bool(system)  # the system block is the part all groups run once
     together = method.answer_nlls(prompts, groups, chunk=3)
     assert method.scorer._shared_prefix is True  # the groups' prompts ran once (models/shared_prefix.py)
     for p, g, got in zip(prompts, groups, together):
@@ -137,6 +179,60 @@ def test_answers_scored_together_equal_scoring_each_alone(make_method):
         assert got == pytest.approx(alone, rel=1e-5, abs=1e-6)
     for pairwise, shared in zip(method.scorer.answer_nlls_pairwise(prompts, groups), together):
         assert pairwise == pytest.approx(shared, rel=1e-5, abs=1e-6)
+
+
+def test_a_split_with_only_the_tofu_evaluator_scores_its_gold_answer_with_the_others(make_method):
+    """On a split where TOFU is the only evaluator, the gold answer is scored in its row's group (the prompt runs
+    once for all the row's answers) and the batch's teacher-forced forward never runs; where another evaluator
+    shares the split (MIA on forget; here perplexity) the forward runs once for both. Same numbers either way (issue 22)."""
+    from lit_unlearn.eval import EvalSuite
+    from lit_unlearn.eval.backdoor import PerplexityEvaluator
+    from lit_unlearn.methods import NPO
+
+    method = make_method(NPO)
+    with torch.no_grad():
+        for n, p in method.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    prompts = ["Question: Where was Ilsa Varga born?\nAnswer:", "Question: Who wrote it?\nAnswer:"]
+    answers = [" In Lisbon, in 1950.", " Yara Halloran"]
+    batch = {**method.encode(prompts, answers), "prompt": prompts, "answer": answers, "split": "forget",
+             "answer_text": [a.strip() for a in answers], "paraphrased_answer": [" Lisbon it was.", " Halloran"],
+             "perturbed_answer": [[" Oslo, in 1950.", " Cairo"], [" Ilsa Varga", " Nobody"]],
+             "index": torch.arange(2)}
+    forwards = []
+    real = method.scorer.teacher_forced
+
+    def counted(b, logits=False, moments=False):
+        forwards.append(b is batch)
+        return real(b, logits=logits, moments=moments)
+
+    method.scorer.teacher_forced = counted
+    alone = EvalSuite({"forget": [TOFUEvaluator("forget", generate=False)]})
+    alone.update(method.scorer, batch)
+    assert True not in forwards  # the batch itself was never run teacher-forced
+    forwards.clear()
+    shared = EvalSuite({"forget": [TOFUEvaluator("forget", generate=False), PerplexityEvaluator()]})
+    shared.update(method.scorer, batch)
+    assert forwards.count(True) == 1  # one forward of the batch, read by both evaluators
+    a, b = alone.plan["forget"][0].rows, shared.plan["forget"][0].rows
+    for key in ("answer_nll", "paraphrased_nll", "prob", "truth_ratio_raw"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-5, abs=1e-6)
+    assert [r["perturbed_nll"] for r in a] == [pytest.approx(r["perturbed_nll"], rel=1e-5) for r in b]
+
+
+def test_answers_are_scored_in_spans_of_similar_length():
+    """The shared-prefix path pads every answer of a span to its longest: spans break where lengths jump (issue 22:
+    31% of TOFU's scored tokens were padding in fixed spans of 32), never exceed the row limit, and cover all rows."""
+    from lit_unlearn.models.shared_prefix import length_chunks
+
+    sizes = [3, 4, 5, 9, 30, 31, 33, 34, 36, 60, 61, 62, 63, 64]
+    spans = length_chunks(sizes, 4)
+    assert [i for a, b in spans for i in range(a, b)] == list(range(len(sizes)))
+    assert spans == [(0, 4), (4, 8), (8, 9), (9, 13), (13, 14)]
+    padded = sum(sizes[b - 1] * (b - a) for a, b in spans)
+    assert padded - sum(sizes) < 0.1 * sum(sizes) < sizes[-1] * len(sizes) - sum(sizes)
+    assert length_chunks([], 4) == [] and length_chunks([7], 4) == [(0, 1)]
 
 
 @pytest.mark.parametrize("adapter, shared", [("lora", True), ("prefix", False), ("loreft", False)])

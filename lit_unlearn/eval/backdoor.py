@@ -28,7 +28,7 @@ import math
 import re
 
 from lit_unlearn.core.errors import EvalError
-from lit_unlearn.eval.base import Evaluator, Scorer
+from lit_unlearn.eval.base import Evaluator, Scorer, generate_later
 
 GENERATED = ("trigger_generated", "trigger_generated_lookalike", "clean_generated")
 
@@ -73,16 +73,19 @@ class BackdoorEvaluator(Evaluator):
         prompts = batch["prompt"] + batch["prompt_lookalike"]
         groups = [[p, c] for p, c in zip(batch["answer"], batch["answer_clean"])] * 2
         nlls = module.answer_nlls(prompts, groups)
-        texts = None
-        if self.keywords:
-            texts = module.generate(prompts + batch["prompt_clean"], self.max_new_tokens)
+        rows = []
         for i, key in enumerate(self.row_keys(batch)):
             (p_seen, c_seen), (p_look, c_look) = nlls[i], nlls[n + i]
-            row = {**key, "poisoned_seen": p_seen, "clean_seen": c_seen, "poisoned_lookalike": p_look,
-                   "clean_lookalike": c_look}
-            if texts is not None:
-                row.update(generated_seen=texts[i], generated_lookalike=texts[n + i], generated_clean=texts[2 * n + i])
-            self.rows.append(row)
+            rows.append({**key, "poisoned_seen": p_seen, "clean_seen": c_seen, "poisoned_lookalike": p_look,
+                         "clean_lookalike": c_look})
+        self.rows.extend(rows)
+        if self.keywords:
+            def keep(texts: list[str]) -> None:  # the generations, when the suite has them (pooled over splits)
+                for i, row in enumerate(rows):
+                    row.update(generated_seen=texts[i], generated_lookalike=texts[n + i],
+                               generated_clean=texts[2 * n + i])
+
+            generate_later(module, prompts + batch["prompt_clean"], self.max_new_tokens, keep)
 
     def summarize(self, rows: list[dict]) -> dict[str, float]:
         n = max(1, len(rows))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -66,6 +67,19 @@ class Scorer(Protocol):
 
     def next_token_logits(self, prompts: list[str], token_ids: list[int]) -> torch.Tensor:
         """(N, len(token_ids)) float32 logits of the token after each prompt, at ``token_ids`` only."""
+
+
+def generate_later(module: Scorer, prompts: list[str], max_new_tokens: int,
+                   done: Callable[[list[str]], None]) -> None:
+    """Hand the greedy continuations of ``prompts`` to ``done(texts)`` (in the order of ``prompts``). Inside an
+    :class:`~lit_unlearn.eval.EvalSuite` the request waits and every split's prompts are generated together in one
+    length-sorted, batched pass before the evaluators compute (a generation batch fills up however few rows a split's
+    batches hold); outside one (an evaluator called on a module directly) ``done`` runs at once."""
+    later = getattr(module, "generate_later", None)
+    if later is not None:
+        later(prompts, max_new_tokens, done)
+    else:
+        done(module.generate(prompts, max_new_tokens))
 
 
 def gather_rows(rows: list[dict]) -> list[dict]:

@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Literal
 
 from lit_unlearn.core.errors import EvalError
-from lit_unlearn.eval.base import Evaluator, Scorer
+from lit_unlearn.eval.base import Evaluator, Scorer, generate_later
 
 
 @lru_cache(maxsize=2)
@@ -71,10 +71,16 @@ class ROUGEEvaluator(Evaluator):
         if references is None:
             raise EvalError(f"split {batch.get('split')!r}: the rouge evaluator needs each row's reference text "
                             "(MUSE's verbmem / knowmem splits, or question/answer rows)")
-        generated = module.generate(batch["prompt"], self.max_new_tokens)
-        for key, ref, gen in zip(self.row_keys(batch), references, generated):
-            text = self.cut(gen)
-            self.rows.append({**key, "reference": ref, "generated": text, "rouge": self.rouge(ref, text)})
+        rows = [{**key, "reference": ref, "generated": None, "rouge": None}
+                for key, ref in zip(self.row_keys(batch), references)]
+        self.rows.extend(rows)
+
+        def score(texts: list[str]) -> None:  # the generations, when the suite has them (pooled over splits)
+            for row, gen in zip(rows, texts):
+                row["generated"] = self.cut(gen)
+                row["rouge"] = self.rouge(row["reference"], row["generated"])
+
+        generate_later(module, batch["prompt"], self.max_new_tokens, score)
 
     def summarize(self, rows: list[dict]) -> dict[str, float]:
         return {"rouge": math.fsum(r["rouge"] for r in rows) / max(1, len(rows))}

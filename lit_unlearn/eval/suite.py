@@ -5,11 +5,19 @@ each batch to the evaluators of its split (``batch["split"]``), computes ``{spli
 ``time_s``, the split's evaluation wall time on this process) and derives from
 the evaluators' own declarations what the reports need: the forget/retain trade-off (:meth:`tradeoff`) and the
 columns of the before/after table (:meth:`table_keys`).
+
+Generations are pooled: an evaluator that asks for them (:func:`~lit_unlearn.eval.base.generate_later`) gets them
+before the suite computes, from one length-sorted pass over every split's prompts in batches of
+``generate_batch_size``, so that small splits (TOFU's four sets of a mini run, a batch of 8 rows each) decode in full
+batches. Greedy decoding of a row does not depend on the other rows of its batch beyond the rounding of the matrix
+shapes.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lit_unlearn.core.errors import EvalError
@@ -18,12 +26,13 @@ from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer, TeacherForced
 
 class EvalSuite:
     def __init__(self, plan: dict[str, list[Evaluator]], aggregates: list[Aggregate] | None = None,
-                 tradeoff: tuple[str, str] = ("forget", "retain")):
+                 tradeoff: tuple[str, str] = ("forget", "retain"), generate_batch_size: int = 32):
         """
         Args:
             plan: split -> the evaluators it runs (a split with none is not evaluated).
             aggregates: metrics over several splits, computed after the splits' evaluators.
             tradeoff: the (forget, retain) splits whose primary keys make the trade-off scalar.
+            generate_batch_size: rows per batch of the pooled generation pass (module docstring).
         """
         for split, evaluators in plan.items():
             seen: dict[str, str] = {}
@@ -37,6 +46,9 @@ class EvalSuite:
         self.aggregates = list(aggregates or [])
         self.tradeoff_splits = tradeoff
         self.seconds: dict[str, float] = {}  # evaluation wall time per split since the last compute
+        self.generate_batch_size = generate_batch_size
+        # waiting generation requests: (module, split, prompts, max_new_tokens, done)
+        self.pending: list[tuple[Scorer, str, list[str], int, Callable[[list[str]], None]]] = []
         clash = [a.name for a in self.aggregates if a.name in self.plan]
         if clash:
             raise EvalError(f"aggregate {clash[0]!r} has the name of a split; rename the split")
@@ -56,7 +68,7 @@ class EvalSuite:
         needs = TeacherForced()
         for ev in self.plan[split]:
             needs = needs | ev.needs
-        scorer = _BatchScorer(module, batch, needs)
+        scorer = _BatchScorer(module, batch, needs, self, split, self.plan[split])
         for ev in self.plan[split]:
             ev.update(scorer, batch)
         self.seconds[split] = self.seconds.get(split, 0.0) + time.perf_counter() - t0
@@ -64,6 +76,7 @@ class EvalSuite:
     def compute(self) -> dict[str, dict[str, float]]:
         """``{split: {key: value}}`` over every split, then ``{aggregate: {key: value}}`` (a collective under DDP:
         every rank computes every split)."""
+        self.run_generations()
         out: dict[str, dict[str, float]] = {}
         for split, evaluators in self.plan.items():
             out[split] = {k: float(v) for ev in evaluators for k, v in ev.compute().items()}
@@ -75,6 +88,27 @@ class EvalSuite:
             if values:
                 out[agg.name] = {k: float(v) for k, v in values.items()}
         return out
+
+    def run_generations(self) -> None:
+        """Answer every waiting generation request: per (module, max_new_tokens), all prompts in one
+        :meth:`generate` call, batched by length; each split is charged its share of the time."""
+        pending, self.pending = self.pending, []
+        groups: dict[tuple[int, int], list] = {}
+        for request in pending:
+            groups.setdefault((id(request[0]), request[3]), []).append(request)
+        for requests in groups.values():
+            module, max_new_tokens = requests[0][0], requests[0][3]
+            prompts = [p for r in requests for p in r[2]]
+            t0 = time.perf_counter()
+            generate = module.generate
+            texts = (generate(prompts, max_new_tokens, batch_size=self.generate_batch_size)
+                     if "batch_size" in inspect.signature(generate).parameters else generate(prompts, max_new_tokens))
+            seconds = time.perf_counter() - t0
+            start = 0
+            for _, split, part, _, done in requests:
+                done(texts[start:start + len(part)])
+                start += len(part)
+                self.seconds[split] = self.seconds.get(split, 0.0) + seconds * len(part) / max(1, len(prompts))
 
     def tradeoff(self, results: dict[str, dict[str, float]]) -> float | None:
         """How much better the model knows retain than forget rows, on the primary key of the first evaluator the
@@ -103,11 +137,27 @@ class EvalSuite:
 
 class _BatchScorer:
     """The module as the evaluators of one batch see it: its teacher-forced forward of that batch runs once, however
-    many evaluators ask, with the union of what they declared (:class:`TeacherForced`); everything else is the
-    module's own."""
+    many evaluators ask, with the union of what they declared (:class:`TeacherForced`); generation requests wait
+    on the suite; everything else is the module's own."""
 
-    def __init__(self, module: Scorer, batch: dict, needs: TeacherForced):
+    def __init__(self, module: Scorer, batch: dict, needs: TeacherForced, suite: EvalSuite | None = None,
+                 split: str | None = None, evaluators: list[Evaluator] | None = None):
         self._module, self._batch, self._needs, self._stats = module, batch, needs, None
+        self._suite, self._split, self._evaluators = suite, split, list(evaluators or [])
+
+    def forward_shared(self, evaluator: Evaluator) -> bool:
+        """Whether the batch's teacher-forced forward serves more than ``evaluator``: it has run already, or another
+        evaluator of the split may ask for it. False lets an evaluator that scores other answers to the same prompts
+        anyway score the batch's own answers with them (TOFU's gold answer beside its paraphrased and perturbed ones)
+        and skip the forward."""
+        return self._stats is not None or any(ev is not evaluator for ev in self._evaluators)
+
+    def generate_later(self, prompts: list[str], max_new_tokens: int, done: Callable[[list[str]], None]) -> None:
+        """Queue a generation request on the suite (:meth:`EvalSuite.run_generations` answers it)."""
+        if self._suite is None:
+            done(self._module.generate(prompts, max_new_tokens))
+        else:
+            self._suite.pending.append((self._module, self._split, list(prompts), max_new_tokens, done))
 
     def teacher_forced(self, batch: dict, logits: bool = False, moments: bool = False):
         asked = TeacherForced(logits, moments)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from lit_unlearn.core.errors import EvalError
-from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer
+from lit_unlearn.eval.base import Aggregate, Evaluator, Scorer, generate_later
 from lit_unlearn.eval.rouge import rouge_l
 
 Kind = Literal["forget", "retain", "real_authors", "world_facts"]
@@ -78,29 +78,40 @@ class TOFUEvaluator(Evaluator):
             if field not in batch or any(v is None for v in batch[field]):
                 raise EvalError(f"split {batch.get('split')!r}: the TOFU evaluator needs every row's {field!r} "
                                 "(use the *_perturbed TOFU sets for evaluation)")
-        answer_nll = module.teacher_forced(batch).mean_nll.double().tolist()
         prompts = batch["prompt"]
+        # the gold answer from the batch's teacher-forced forward when another evaluator reads it too (MIA on
+        # forget); alone, it is scored with the row's other answers, which share its prompt (EvalSuite)
+        alone = not getattr(module, "forward_shared", lambda ev: True)(self)
         # every row's paraphrased and perturbed answers (the data module's scored continuations, under the same
         # answer template as the gold answer), scored together in length-sorted batches
         with_para = self.kind in ("forget", "retain")
-        groups = [([batch["paraphrased_answer"][i]] if with_para else []) + list(pert)
-                  for i, pert in enumerate(batch["perturbed_answer"])]
+        groups = [([batch["answer"][i]] if alone else []) + ([batch["paraphrased_answer"][i]] if with_para else [])
+                  + list(pert) for i, pert in enumerate(batch["perturbed_answer"])]
         scored = module.answer_nlls(prompts, groups)
+        if alone:
+            answer_nll, scored = [g[0] for g in scored], [g[1:] for g in scored]
+        else:
+            answer_nll = module.teacher_forced(batch).mean_nll.double().tolist()
         para_nll = [g[0] for g in scored] if with_para else answer_nll
         pert_nll = [g[1:] if with_para else g for g in scored]
-        generated = module.generate(prompts, self.max_new_tokens) if self.generate else [None] * n
         references = batch.get("answer_text") or [a.strip() for a in batch["answer"]]
+        rows = []
         for i, key in enumerate(self.row_keys(batch)):
             ratio = math.exp(sum(pert_nll[i]) / len(pert_nll[i]) - para_nll[i])
             p_true = math.exp(-answer_nll[i])
             prob = p_true if self.kind in ("forget", "retain") else \
                 p_true / (p_true + sum(math.exp(-x) for x in pert_nll[i]))
-            text = generated[i].strip() if self.generate else None
-            rouge = self.rouge_recall(references[i], text) if self.generate else None
-            self.rows.append({**key, "question": batch.get("question", [None] * n)[i], "answer": references[i],
-                              "generated": text, "prob": prob, "rouge": rouge,
-                              "truth_ratio_raw": ratio, "answer_nll": answer_nll[i], "paraphrased_nll": para_nll[i],
-                              "perturbed_nll": pert_nll[i]})
+            rows.append({**key, "question": batch.get("question", [None] * n)[i], "answer": references[i],
+                         "generated": None, "prob": prob, "rouge": None, "truth_ratio_raw": ratio,
+                         "answer_nll": answer_nll[i], "paraphrased_nll": para_nll[i], "perturbed_nll": pert_nll[i]})
+        self.rows.extend(rows)
+        if self.generate:
+            def score(texts: list[str]) -> None:  # the generations, when the suite has them (pooled over splits)
+                for row, text in zip(rows, texts):
+                    row["generated"] = text.strip()
+                    row["rouge"] = self.rouge_recall(row["answer"], row["generated"])
+
+            generate_later(module, prompts, self.max_new_tokens, score)
 
     def summarize(self, rows: list[dict]) -> dict[str, float]:
         n = max(1, len(rows))

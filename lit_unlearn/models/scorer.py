@@ -206,8 +206,10 @@ class Scorer:
         return out
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-        """Greedy continuations of ``prompts`` (adapter on), batched with left padding."""
-        return greedy_generate(self.lm, self.tokenizer, prompts, max_new_tokens, batch_size)
+        """Greedy continuations of ``prompts`` (adapter on), batched with left padding; the prompts' common first
+        tokens run once unless the adapter acts on whole sequences (not ``mergeable``)."""
+        share = self.adapter is None or type(self.adapter).mergeable
+        return greedy_generate(self.lm, self.tokenizer, prompts, max_new_tokens, batch_size, share_head=share)
 
 
 def fuse_batches(batches: list[dict], pad_id: int) -> dict:
