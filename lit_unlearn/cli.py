@@ -131,7 +131,8 @@ def _choices(key: str) -> str:
 EVAL_TRAINER_FLAGS = ("accelerator", "strategy", "devices", "num_nodes", "precision", "logger", "callbacks",
                       "limit_val_batches", "limit_test_batches", "enable_progress_bar", "default_root_dir",
                       "inference_mode", "deterministic", "profiler", "plugins")
-FIT_ONLY = ("guard", "checkpoint", "eval_before", "export_merged", "overwrite", "optimizer", "lr_scheduler")
+FIT_ONLY = ("guard", "checkpoint", "eval_before", "export_merged", "restore_best", "overwrite", "optimizer",
+            "lr_scheduler")
 
 
 def hide_fit_flags(parser) -> None:
@@ -250,6 +251,9 @@ class UnlearnCLI(LightningCLI):
                             help="evaluate every split before fit, for the before/after table in metrics.json")
         parser.add_argument("--export_merged", type=bool, default=False,
                             help="after fit, also save the base with the adapter merged in (merged/)")
+        parser.add_argument("--restore_best", type=bool, default=False,
+                            help="after fit, go back to the best checkpoint on --checkpoint.monitor before the "
+                                 "evaluation after fit and the exports (e.g. a poisoning stage's best epoch)")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="let fit replace a run already in its directory (otherwise that is refused)")
 
@@ -380,6 +384,9 @@ class UnlearnCLI(LightningCLI):
             raise AdapterError(f"--export_merged true: a {type(adapter).__name__} cannot be merged into the base's "
                                "weights (only LoRA can); drop --export_merged, the run saves adapter/ to stack with "
                                "--model.init_adapter")
+        if config.get("restore_best", False) and not (config.get("checkpoint") or {}).get("monitor"):
+            raise LitUnlearnError("--restore_best true needs --checkpoint.monitor (the metric that picks the best "
+                                  "checkpoint, e.g. val/gap) and --checkpoint.mode")
         run_dir = self._run_dir()
         self.model.run_id = self.model.run_id or new_run_id()
         if self.trainer.global_rank == 0:
@@ -396,7 +403,8 @@ class UnlearnCLI(LightningCLI):
     def after_fit(self) -> None:
         self.timings["fit"] = round(time.time() - self._fit_t0, 2)
         events = getattr(self.model, "collapse_events", [])
-        if self.model.last_eval_at == ("fit", self.trainer.global_step) and not events:
+        restored = self._restore_best() if self._sub_config().get("restore_best", False) and not events else None
+        if self.model.last_eval_at == ("fit", self.trainer.global_step) and not events and restored is None:
             # the loop evaluated these very weights at its last step: that evaluation is the one after fit
             self.timings["eval_after"] = 0.0
         else:
@@ -426,6 +434,7 @@ class UnlearnCLI(LightningCLI):
             "history": self.model.eval_history,  # the evaluations inside fit, one per validation
             "trainable_params": sum(p.numel() for _, p in self.model.trainable()),
             "measured": dict(getattr(self.model, "measured", {})),  # what the method measured (e.g. RMU's scale)
+            "restored_best": restored,  # --restore_best: the checkpoint "after" and the exports are of
         })
         if self.status != "finished":
             self.exit_code = EXIT_COLLAPSED
@@ -438,6 +447,29 @@ class UnlearnCLI(LightningCLI):
             elif self.status == "collapsed":
                 print(f"[lit_unlearn] the collapse guard stopped the run ({events[-1]['reason']}); the adapter of "
                       f"step {events[-1]['restored_step']} was restored and exported; exit code 3", file=sys.stderr)
+
+    def _restore_best(self) -> dict | None:
+        """``--restore_best``: load the trainable tensors of the best checkpoint on ``checkpoint.monitor`` (verified,
+        through the run's checkpoint IO) into the model; what was restored, or None where no checkpoint was ranked
+        (no validation logged the monitor) - then the last weights stay, and the run says so."""
+        ckpt = self.trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") or ""
+        if not best:
+            print(f"[lit_unlearn] --restore_best: no checkpoint was ranked on {getattr(ckpt, 'monitor', None)!r}; "
+                  "the last weights are evaluated and exported", file=sys.stderr)
+            return None
+        verify_checkpoint(best)
+        state = self.trainer.strategy.checkpoint_io.load_checkpoint(best)
+        trainable = self.model.trainable_names()
+        missing = [n for n in trainable if n not in state["state_dict"]]
+        if missing:
+            raise LitUnlearnError(f"--restore_best: {best} lacks {len(missing)} trainable tensors (e.g. {missing[0]})")
+        self.model.load_state_dict({n: state["state_dict"][n] for n in trainable}, strict=False)
+        score = ckpt.best_model_score
+        print(f"[lit_unlearn] --restore_best: the weights of step {state.get('global_step')} ({ckpt.monitor} = "
+              f"{float(score):.4g}) are evaluated and exported", file=sys.stderr)
+        return {"path": best, "global_step": state.get("global_step"), "epoch": state.get("epoch"),
+                "monitor": ckpt.monitor, "score": float(score)}
 
     # ---- validate / test ----------------------------------------------------------------------------------------
     def before_validate(self) -> None:

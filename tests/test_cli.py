@@ -252,6 +252,37 @@ def test_second_stage_npo_from_the_first_stage_adapter(fit_run, tiny_model_dir):
                                                                         rel=1e-4, abs=1e-6)
 
 
+def test_restore_best_evaluates_and_exports_the_best_checkpoint_not_the_last(fit_run, tiny_model_dir):
+    """--restore_best with a monitor: gradient ascent at a high lr raises the forget NLL at every validation, so the
+    best checkpoint on ``val/forget/nll`` (mode min) is the first; the evaluation after fit and the exported adapter
+    are that checkpoint's, not the last step's. Without a monitor the flag is one error line."""
+    from lit_unlearn.core.errors import LitUnlearnError
+
+    root, data = fit_run["root"], fit_run["data"]
+    config = write_config(root / "ga_best.yaml", tiny_model_dir, data, root / "logs_best",
+                          {"class_path": "GradAscent", "lr": 0.05}, max_steps=-1)
+    cli = cli_main(["fit", "--config", config, "--trainer.max_epochs", "3", "--checkpoint.monitor", "val/forget/nll",
+                    "--checkpoint.mode", "min", "--restore_best", "true"])
+    run_dir = Path(cli.trainer.log_dir)
+    record = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    history = record["history"]
+    nlls = [h["val/forget/nll"] for h in history]
+    assert len(nlls) == 3 and nlls[0] < nlls[-1]  # the ascent worked: the last epoch is not the best
+    restored = record["restored_best"]
+    best = min(range(3), key=lambda i: nlls[i])
+    assert restored["global_step"] == history[best]["step"] < record["global_step"]
+    assert record["after"]["forget"]["nll"] == pytest.approx(nlls[best], rel=1e-5)
+    saved = torch.load(restored["path"], map_location="cpu", weights_only=False)["state_dict"]
+    from safetensors.torch import load_file
+
+    exported = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    b_saved = [v for k, v in saved.items() if "lora_B" in k][0]
+    assert any(torch.equal(b_saved, v) for v in exported.values())
+    with pytest.raises(LitUnlearnError, match="--restore_best true needs --checkpoint.monitor"):
+        cli_main(["fit", "--config", config, "--restore_best", "true", "--trainer.max_epochs", "1",
+                  "--trainer.logger.init_args.save_dir", str(root / "logs_best2")])
+
+
 def test_a_plain_model_is_evaluated_without_a_method_class(fit_run, capsys):
     """``--model ScoredModel`` (no unlearning method): the run's saved adapter folded into the base scores what the
     run's own evaluation after fit scored; fit refuses it, and a method's checkpoint on it is refused (it would

@@ -234,6 +234,11 @@ def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp
 
     assert weights("rapidun") == {side: str(run / "influence" / f"{side}_weights.jsonl") for side in ("forget", "retain")}
     assert weights("fallback") is None and weights("graddiff") is None
+    # the poisoned model is the poisoning stage's best epoch on held-out trigger success, not its last (--restore_best)
+    poison = yaml.safe_load((run / "poison" / "config.yaml").read_text())
+    assert poison["restore_best"] is True and poison["checkpoint"]["monitor"] == "val/heldout_poisoned/trigger_generated"
+    assert poison["checkpoint"]["mode"] == "max"
+    assert "restored_best" in json.loads((run / "poison" / "metrics.json").read_text())["metrics"]
 
 
 def test_the_influence_stage_under_ddp_equals_one_process(tiny_model_dir, backdoor_files, tmp_path):
