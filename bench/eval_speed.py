@@ -8,6 +8,9 @@ In one process, on the same rows and the same model (the embedded SmolLM2, no ad
 * ``tofu``: TOFU mini's four evaluation sets (``--tofu-rows`` rows each) with ROUGE generations of
   ``--max-new-tokens`` and the membership attacks on forget and holdout (``--tofu-rows`` rows each): model utility,
   the per-set probability / ROUGE / truth ratio and the four attacks' AUCs;
+* ``tofu_scripts``: the same TOFU evaluation against per-metric plain scripts instead of the per-row loop: one
+  batched pass per metric (probability, truth ratio, ROUGE generations, membership attacks), each in batches of 16
+  with padding, sharing nothing (the model loaded once for all four: their load time is not counted);
 * ``mia``: the membership attacks alone on the same forget and holdout rows;
 * ``mcq``: multiple-choice accuracy on ``--mcq-rows`` MMLU questions (``cais/mmlu``, college biology and
   computer science, read by hub id);
@@ -65,7 +68,11 @@ def row_logits(lm, rec: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def plain_mia(lm, rec: dict, k: float) -> dict:
-    logits, target = row_logits(lm, rec)
+    return mia_scores(*row_logits(lm, rec), rec["answer_text"], k)
+
+
+def mia_scores(logits: torch.Tensor, target: torch.Tensor, text: str, k: float) -> dict:
+    """The four attacks' scores of one row from its answer positions' logits."""
     logp = torch.log_softmax(logits.double(), -1)
     lp = logp.gather(1, target[:, None]).squeeze(1)
     p = logp.exp()
@@ -73,7 +80,7 @@ def plain_mia(lm, rec: dict, k: float) -> dict:
     sigma = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
     z = (lp - mu) / sigma
     m = max(1, int(k * lp.numel()))
-    return {"loss": float(lp.mean()), "zlib": float(lp.mean()) / len(zlib.compress(rec["answer_text"].encode())),
+    return {"loss": float(lp.mean()), "zlib": float(lp.mean()) / len(zlib.compress(text.encode())),
             "mink": float(lp.sort().values[:m].mean()), "minkpp": float(z.sort().values[:m].mean())}
 
 
@@ -130,6 +137,94 @@ def plain_tofu(lm, tok, dm, max_new_tokens: int, k: float, generate: bool = True
         out["tofu"] = {"model_utility": harmonic_mean([out[s][m] for s in ("retain_eval", "real_authors", "world_facts")
                                                        for m in ("prob", "rouge", "truth_ratio")])}
     scores = {s: [plain_mia(lm, r, k) for r in dm.datasets[s].rows] for s in ("forget", "holdout")}
+    out["mia"] = {f"auc_{s}": auc([r[s] for r in scores["forget"]], [r[s] for r in scores["holdout"]])
+                  for s in SCORES}
+    return out
+
+
+# ---- the per-metric scripts: each metric its own batched pass, as a script per metric computes it -----------------
+def batched_logits(lm, tok, recs: list[dict], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each record's (answer positions' logits, answer tokens), in batches of ``batch_size`` in the given order,
+    right-padded, one forward per batch (``model(input_ids, attention_mask).logits``)."""
+    out = []
+    for s in range(0, len(recs), batch_size):
+        part = recs[s:s + batch_size]
+        w = max(len(r["input_ids"]) for r in part)
+        ids = torch.full((len(part), w), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(part), w), dtype=torch.long)
+        for j, r in enumerate(part):
+            ids[j, :len(r["input_ids"])], mask[j, :len(r["input_ids"])] = torch.tensor(r["input_ids"]), 1
+        logits = lm(input_ids=ids, attention_mask=mask).logits
+        for j, r in enumerate(part):
+            target = torch.tensor(r["labels"])[1:]
+            keep = target != -100
+            out.append((logits[j, :len(r["input_ids"]) - 1][keep], target[keep]))
+    return out
+
+
+@torch.no_grad()
+def per_metric_scripts(lm, tok, dm, max_new_tokens: int, k: float, batch_size: int = 16) -> dict:
+    """TOFU (4 sets + MIA) as four plain scripts compute it, one after the other: probability (gold answers; on real
+    authors / world facts the perturbed ones too, for the normalisation), truth ratio (paraphrased and perturbed;
+    the gold as paraphrase where there is none), ROUGE (``model.generate`` in batches, left padding) and the
+    membership attacks (forget and holdout). Each batches its own rows (``batch_size``, dataset order) and shares
+    nothing with the others."""
+    from rouge_score import rouge_scorer
+
+    from lit_unlearn.core.tokens import encode
+    from lit_unlearn.eval.tofu import harmonic_mean
+
+    def nlls(pairs: list[tuple[str, str]]) -> list[float]:
+        scored = batched_logits(lm, tok, [encode(tok, p, a) for p, a in pairs], batch_size)
+        return [float(torch.nn.functional.cross_entropy(lg.float(), t)) for lg, t in scored]
+
+    def per_row(rows, answers) -> list[list[float]]:  # each row's answers' NLLs, scored in one batched pass
+        flat = nlls([(r["prompt"], a) for r in rows for a in answers(r)])
+        out, at = [], 0
+        for r in rows:
+            out.append(flat[at:at + len(answers(r))])
+            at += len(answers(r))
+        return out
+
+    out: dict = {split: {} for split in TOFU_SETS}
+    for split, kind in TOFU_SETS.items():  # script 1: probability
+        rows = dm.datasets[split].rows
+        if kind in ("forget", "retain"):
+            probs = [math.exp(-x) for x in nlls([(r["prompt"], r["answer"]) for r in rows])]
+        else:
+            probs = [math.exp(-g[0]) / sum(math.exp(-x) for x in g)
+                     for g in per_row(rows, lambda r: [r["answer"], *r["perturbed_answer"]])]
+        out[split]["prob"] = math.fsum(probs) / len(rows)
+    for split, kind in TOFU_SETS.items():  # script 2: truth ratio
+        rows = dm.datasets[split].rows
+        first = "paraphrased_answer" if kind in ("forget", "retain") else "answer"
+        trs = []
+        for g in per_row(rows, lambda r: [r[first], *r["perturbed_answer"]]):
+            ratio = math.exp(sum(g[1:]) / len(g[1:]) - g[0])
+            trs.append(min(ratio, 1 / ratio) if kind == "forget" else max(0.0, 1 - 1 / ratio))
+        out[split]["truth_ratio"] = math.fsum(trs) / len(rows)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    side = tok.padding_side
+    tok.padding_side = "left"
+    for split in TOFU_SETS:  # script 3: ROUGE of greedy generations
+        rows, rouge = dm.datasets[split].rows, []
+        for s in range(0, len(rows), batch_size):
+            part = rows[s:s + batch_size]
+            enc = tok([r["prompt"] for r in part], return_tensors="pt", padding=True)
+            gen = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            for r, g in zip(part, gen[:, enc["input_ids"].size(1):]):
+                text = tok.decode(g, skip_special_tokens=True).strip()
+                rouge.append(scorer.score(r["answer_text"], text)["rougeL"].recall)
+        out[split]["rouge"] = math.fsum(rouge) / len(rows)
+    tok.padding_side = side
+    out["tofu"] = {"model_utility": harmonic_mean([out[s][m] for s in ("retain_eval", "real_authors", "world_facts")
+                                                   for m in ("prob", "rouge", "truth_ratio")])}
+    scores = {}
+    for split in ("forget", "holdout"):  # script 4: the membership attacks
+        rows = dm.datasets[split].rows
+        scores[split] = [mia_scores(lg, t, r["answer_text"], k)
+                         for (lg, t), r in zip(batched_logits(lm, tok, rows, batch_size), rows)]
     out["mia"] = {f"auc_{s}": auc([r[s] for r in scores["forget"]], [r[s] for r in scores["holdout"]])
                   for s in SCORES}
     return out
@@ -209,6 +304,8 @@ def main(argv=None) -> dict:
     workloads = {
         "tofu": (lambda: TOFUDataModule(**tofu_args),
                  lambda dm: plain_tofu(lm, tok, dm, args.max_new_tokens, k)),
+        "tofu_scripts": (lambda: TOFUDataModule(**tofu_args),
+                         lambda dm: per_metric_scripts(lm, tok, dm, args.max_new_tokens, k)),
         "mia": (lambda: TOFUDataModule(**tofu_args, evaluators={
                     "forget": ["mia"], "holdout": ["mia"], "retain_eval": [], "real_authors": [], "world_facts": []}),
                 lambda dm: plain_tofu(lm, tok, dm, args.max_new_tokens, k, generate=False)),

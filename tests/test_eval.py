@@ -448,9 +448,9 @@ def test_an_evaluator_on_rows_of_another_kind_is_one_error(tiny_model_dir, data_
 
 def test_eval_py_equals_the_plain_loops_of_bench_eval_speed(tiny_model_dir, tmp_path):
     """bench/eval_speed.py's plain one-row-at-a-time loops (model(...).logits, model.generate per prompt, float64
-    log-softmax) and eval.py's loop (Trainer.validate: shared lean forward, length-sorted batches, batched
-    generation) give every TOFU, MIA and label number equal to 1e-5, on the tiny model and the mirror's rows; the
-    bench stops with the first number that differs."""
+    log-softmax), its per-metric batched scripts, and eval.py's loop (Trainer.validate: shared lean forward,
+    length-sorted batches, batched generation) give every TOFU, MIA and label number equal to 1e-5, on the tiny
+    model and the mirror's rows; the bench stops with the first number that differs."""
     import sys
 
     from conftest import REPO_ROOT
@@ -461,8 +461,10 @@ def test_eval_py_equals_the_plain_loops_of_bench_eval_speed(tiny_model_dir, tmp_
     finally:
         sys.path.pop(0)
     out = main(["--model", tiny_model_dir, "--tofu-rows", "2", "--max-new-tokens", "3", "--label-rows", "4",
-                "--workloads", "tofu,mia,label", "--json", str(tmp_path / "speed.json")])
-    assert set(out["workloads"]) == {"tofu", "mia", "label"}
-    tofu = out["workloads"]["tofu"]
-    assert {"forget", "retain_eval", "real_authors", "world_facts", "tofu", "mia"} <= set(tofu["plain"])
+                "--workloads", "tofu,tofu_scripts,mia,label", "--json", str(tmp_path / "speed.json")])
+    assert set(out["workloads"]) == {"tofu", "tofu_scripts", "mia", "label"}
+    for name in ("tofu", "tofu_scripts"):  # the per-row loop and the per-metric scripts: every TOFU number
+        plain = out["workloads"][name]["plain"]
+        assert {"forget", "retain_eval", "real_authors", "world_facts", "tofu", "mia"} <= set(plain)
+        assert {"prob", "rouge", "truth_ratio"} <= set(plain["real_authors"])
     assert all(w["max_rel_diff"] <= 1e-5 for w in out["workloads"].values())

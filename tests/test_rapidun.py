@@ -236,7 +236,8 @@ def test_the_rapidun_chain_runs_every_config(tiny_model_dir, backdoor_files, tmp
     assert weights("fallback") is None and weights("graddiff") is None
     # the poisoned model is the poisoning stage's best epoch on held-out trigger success, not its last (--restore_best)
     poison = yaml.safe_load((run / "poison" / "config.yaml").read_text())
-    assert poison["restore_best"] is True and poison["checkpoint"]["monitor"] == "val/heldout_poisoned/trigger_generated"
+    assert poison["restore_best"] is True
+    assert poison["checkpoint"]["monitor"] == "val/heldout_poisoned/trigger_generated"
     assert poison["checkpoint"]["mode"] == "max"
     assert "restored_best" in json.loads((run / "poison" / "metrics.json").read_text())["metrics"]
 

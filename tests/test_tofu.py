@@ -184,7 +184,8 @@ def test_answers_scored_together_equal_scoring_each_alone(make_method, system):
 def test_a_split_with_only_the_tofu_evaluator_scores_its_gold_answer_with_the_others(make_method):
     """On a split where TOFU is the only evaluator, the gold answer is scored in its row's group (the prompt runs
     once for all the row's answers) and the batch's teacher-forced forward never runs; where another evaluator
-    shares the split (MIA on forget; here perplexity) the forward runs once for both. Same numbers either way (issue 22)."""
+    shares the split (MIA on forget; here perplexity) the forward runs once for both. Same numbers either way
+    (issue 22)."""
     from lit_unlearn.eval import EvalSuite
     from lit_unlearn.eval.backdoor import PerplexityEvaluator
     from lit_unlearn.methods import NPO

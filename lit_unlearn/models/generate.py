@@ -5,8 +5,8 @@ position; position ids count real tokens only), decoded greedily with the KV cac
 ``max_new_tokens``. A row that reaches EOS leaves the batch (its cache rows are dropped), so the rest decode at the
 width of the rows still running, as one-by-one decoding would; the prompt's forward computes the LM head at the
 last position only. The tokens every prompt of a call begins with (a chat template's system block) run once, and
-their KV cache is repeated into each batch. Dropout is off during generation and every module's own train/eval mode is restored
-afterwards. Models whose adapter prepends learned prompt positions (PEFT prompt learning) go through
+their KV cache is repeated into each batch. Dropout is off during generation and every module's own train/eval mode
+is restored afterwards. Models whose adapter prepends learned prompt positions (PEFT prompt learning) go through
 ``generate`` instead, which knows how to extend their inputs.
 """
 
