@@ -19,15 +19,15 @@ In one process, on the same rows and the same model (the embedded SmolLM2, no ad
 ``lit`` is what ``eval.py`` runs: ``Trainer.validate`` with the data module's loaders and the evaluators it names
 (Lightning's loop, collation, the suite's shared forward, length-sorted batches). ``plain`` is what a script
 without the framework does, one row at a time: ``model(...)`` on that row's tokens, ``.logits`` read where the
-metric needs them (a log-softmax for the attacks, the letter logits for MCQ), ``model.generate`` per prompt. Both
-use the same tokenization (the data module's records) and formulas, and every number is asserted equal to 1e-5
-(relative, ``--tolerance``; 1e-6 absolute) before any time is printed. That is the float32 noise floor of the
-per-row forward: on 8 TOFU forget rows the plain loop's probability was 1.2e-5 (relative) from a float64 computation
-of the same rows, eval.py's 6e-8 (docs/benchmarks.md); a larger ``--tolerance`` is printed with the result.
-Printed: wall time of each side and their ratio (plain / lit: above 1 means eval.py is faster), and the same for
-the process's CPU time (with ``--threads 1`` on a machine that other jobs share, the CPU ratio is the one that does
-not move with their load; on an idle machine the two agree). Datasets by hub id: offline, set ``LIT_UNLEARN_DATA`` to the
-mirror (docs/data.md). Not a test: CI does not run it.
+metric needs them (a float64 log-softmax / cross-entropy over them, as eval.py's sums are float64; the letter
+logits for MCQ), ``model.generate`` per prompt. Both use the same tokenization (the data module's records) and
+formulas, and every number is asserted equal to 1e-5 (relative, ``--tolerance``; 1e-6 absolute) before any time is
+printed. (With a float32 cross-entropy the plain loop's forget probability was 1.2e-5 from a float64 computation of
+the same rows and eval.py's 6e-8: docs/benchmarks.md.) Printed: wall time of each side and their ratio (plain /
+lit: above 1 means eval.py is faster), and the same for the process's CPU time (with ``--threads 1`` on a machine
+that other jobs share, the CPU ratio is the one that does not move with their load; on an idle machine the two
+agree). Datasets by hub id: offline, set ``LIT_UNLEARN_DATA`` to the mirror (docs/data.md). Not a test: CI does not
+run it.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def plain_tofu_sets(lm, tok, dm, max_new_tokens: int) -> dict:
     def nll(prompt: str, answer: str) -> float:
         rec = encode(tok, prompt, answer)
         logits, target = row_logits(lm, rec)
-        return float(torch.nn.functional.cross_entropy(logits.float(), target))
+        return float(torch.nn.functional.cross_entropy(logits.double(), target))
 
     out: dict = {}
     for split, kind in TOFU_SETS.items():
@@ -176,7 +176,7 @@ def per_metric_scripts(lm, tok, dm, max_new_tokens: int, k: float, batch_size: i
 
     def nlls(pairs: list[tuple[str, str]]) -> list[float]:
         scored = batched_logits(lm, tok, [encode(tok, p, a) for p, a in pairs], batch_size)
-        return [float(torch.nn.functional.cross_entropy(lg.float(), t)) for lg, t in scored]
+        return [float(torch.nn.functional.cross_entropy(lg.double(), t)) for lg, t in scored]
 
     def per_row(rows, answers) -> list[list[float]]:  # each row's answers' NLLs, scored in one batched pass
         flat = nlls([(r["prompt"], a) for r in rows for a in answers(r)])
