@@ -140,10 +140,10 @@ class _BatchScorer:
     many evaluators ask, with the union of what they declared (:class:`TeacherForced`); generation requests wait
     on the suite; everything else is the module's own."""
 
-    def __init__(self, module: Scorer, batch: dict, needs: TeacherForced, suite: EvalSuite | None = None,
-                 split: str | None = None, evaluators: list[Evaluator] | None = None):
+    def __init__(self, module: Scorer, batch: dict, needs: TeacherForced, suite: EvalSuite, split: str,
+                 evaluators: list[Evaluator]):
         self._module, self._batch, self._needs, self._stats = module, batch, needs, None
-        self._suite, self._split, self._evaluators = suite, split, list(evaluators or [])
+        self._suite, self._split, self._evaluators = suite, split, evaluators
 
     def forward_shared(self, evaluator: Evaluator) -> bool:
         """Whether the batch's teacher-forced forward serves more than ``evaluator``: it has run already, or another
@@ -154,10 +154,7 @@ class _BatchScorer:
 
     def generate_later(self, prompts: list[str], max_new_tokens: int, done: Callable[[list[str]], None]) -> None:
         """Queue a generation request on the suite (:meth:`EvalSuite.run_generations` answers it)."""
-        if self._suite is None:
-            done(self._module.generate(prompts, max_new_tokens))
-        else:
-            self._suite.pending.append((self._module, self._split, list(prompts), max_new_tokens, done))
+        self._suite.pending.append((self._module, self._split, list(prompts), max_new_tokens, done))
 
     def teacher_forced(self, batch: dict, logits: bool = False, moments: bool = False):
         asked = TeacherForced(logits, moments)
