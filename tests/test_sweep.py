@@ -69,6 +69,9 @@ def test_a_space_file_becomes_typed_distributions(tmp_path):
     ("space: {}", r"'space' must map dotted config keys"),
     ("space: {a.b: {choices: []}}", r"space.a.b.choices must be a non-empty list"),
     ("space: {a.b: {low: 0, high: 1}}\nfixed: {a.b: 2}", r"a.b is both searched and fixed"),
+    ("space: {a.b: {low: 0, high: 1}}\nproxy: {trainer.x: 2}\nfixed: {trainer.x: 1}", r"trainer.x is both fixed and in"),
+    ("space: {a.b: {low: 0, high: 1}}\nproxy: {model.init_args.lr: 1}", r"proxy key model.init_args.lr: only data"),
+    ("space: {a.b: {low: 0, high: 1}}\nproxy: [1]", r"'proxy' must map dotted config keys"),
     ("space: [a", r"s.yaml line 1: not valid YAML"),
 ])
 def test_a_bad_space_is_one_line_naming_file_and_key(tmp_path, text, message):
@@ -179,6 +182,44 @@ def test_a_constrained_sweep_runs_its_trials_and_writes_every_output(random_bd_m
     capsys.readouterr()
     again = main(sweep_args(out, space, 3, "--model", mcq_model_dir))
     assert len(again["trials"]) == 3 and "trial 3" not in capsys.readouterr().err
+
+
+def test_a_space_s_proxy_section_makes_the_trials_evaluation_cheaper_and_not_the_full_one(
+        random_bd_mirror, mcq_model_dir, tmp_path, monkeypatch):
+    """``proxy`` keys shape only the trials' evaluation: a seeded subset of the MCQ rows, every second epoch (so the
+    pruner hears at epoch 2 only and a 3-epoch trial is evaluated once more after fit); the frontier's full evaluation
+    and best.yaml have every row and the recipe's evaluation schedule."""
+    import optuna
+
+    from lit_unlearn.sweep.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs"
+    space = write_space(tmp_path / "gd.yaml", "space:\n  model.init_args.lr: {low: 1.0e-3, high: 3.0e-2, log: true}\n"
+                        "fixed: {trainer.max_epochs: 3}\n"
+                        "proxy: {trainer.check_val_every_n_epoch: 2, data.init_args.max_rows: {forget_mcq: 2}}\n")
+    summary = main(sweep_args(out, space, 1, "--model", mcq_model_dir, "--no-constraints"))
+    row = summary["trials"][0]
+    run = out / "sweeps" / "gd" / "trials" / row["run_dir"]
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["config"]["trainer"]["check_val_every_n_epoch"] == 2
+    assert [h["epoch"] for h in record["metrics"]["history"]] == [2]
+    assert record["wall_time_s"]["eval_after"] > 0  # epoch 3 was not evaluated in the loop: it is, after fit
+    study = optuna.load_study(study_name="gd", storage=f"sqlite:///{out / 'sweeps' / 'gd' / 'study.db'}")
+    assert sorted(study.trials[0].intermediate_values) == [2]
+
+    def n_rows(folder: Path, split: str) -> int:
+        files = list(folder.rglob(f"{split}.*jsonl"))
+        assert files, f"no rows of {split} under {folder}"
+        return len(files[0].read_text().splitlines())
+
+    learned = n_rows(out / "learn" / "rows" / "after", "forget_mcq")
+    assert learned > 2
+    assert n_rows(run / "rows" / "after", "forget_mcq") == 2
+    assert n_rows(run / "rows" / "after", "retain_mcq") == n_rows(out / "learn" / "rows" / "after", "retain_mcq")
+    assert n_rows(run / "full", "forget_mcq") == learned  # the full evaluation takes the proxy back
+    best = (out / "sweeps" / "gd" / "best.yaml").read_text()
+    assert "check_val_every_n_epoch: 1" in best and "forget_mcq: 2" not in best
 
 
 def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
@@ -381,7 +422,7 @@ def test_every_shipped_search_space_names_real_keys_of_its_method(path, monkeypa
     monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
     configs = [f"{setting.benchmark}/base", *method_configs(setting.benchmark, args.method)]
     values = {p.key: (p.choices[-1] if p.kind == "categorical" else p.high) for p in space.params}
-    flags = [a for k, v in {**values, **space.fixed}.items() for a in (f"--{k}", json.dumps(v) if not
+    flags = [a for k, v in {**values, **space.fixed, **space.proxy}.items() for a in (f"--{k}", json.dumps(v) if not
                                                                        isinstance(v, str) else v)]
     cli = cli_main(expand_config_args(["fit", *(a for c in configs for a in ("--config", c)), *flags]))
     for key, value in values.items():

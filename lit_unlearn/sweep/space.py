@@ -11,8 +11,10 @@ mapped to one distribution::
 
 A distribution with ``low`` and ``high`` is an int when both bounds are ints (``step`` optional), else a float;
 ``log: true`` samples the logarithm uniformly. Optional sections of the same file override the setting's defaults:
-``objectives`` / ``constraints`` (:mod:`lit_unlearn.sweep.objectives`), ``fixed`` (dotted keys set in every trial)
-and ``sampler`` / ``pruner`` (Optuna objects as ``{class_path, init_args}``). Every mistake is one error naming the
+``objectives`` / ``constraints`` (:mod:`lit_unlearn.sweep.objectives`), ``fixed`` (dotted keys set in every trial),
+``proxy`` (dotted keys set in every trial's fit, over the setting's proxy evaluation, and taken back in the full
+evaluation of the frontier and in ``best.yaml``: a cheaper proxy, e.g. ``trainer.check_val_every_n_epoch: 2`` or a
+seeded subset of the evaluation rows, ``data.init_args.max_rows: {forget_mcq: 40}``) and ``sampler`` / ``pruner`` (Optuna objects as ``{class_path, init_args}``). Every mistake is one error naming the
 file and the key.
 """
 
@@ -27,7 +29,7 @@ import yaml
 
 from lit_unlearn.core.errors import ConfigError
 
-SECTIONS = ("space", "fixed", "objectives", "constraints", "sampler", "pruner")
+SECTIONS = ("space", "fixed", "proxy", "objectives", "constraints", "sampler", "pruner")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class SearchSpace:
     sampler: dict | None = None
     pruner: dict | None = None
     source: str = "<space>"
+    #: keys of the trials' proxy evaluation only (over the setting's ``proxy``; not in the full evaluation)
+    proxy: dict = field(default_factory=dict)
 
     def sample(self, trial) -> dict[str, Any]:
         """Dotted key -> value of every searched key in ``trial``."""
@@ -130,9 +134,18 @@ def load_space(path: str | Path) -> SearchSpace:
     fixed = doc.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{where}: 'fixed' must map dotted config keys to values")
-    both = set(fixed) & set(space)
-    if both:
-        raise ConfigError(f"{where}: {sorted(both)[0]} is both searched and fixed")
+    proxy = doc.get("proxy") or {}
+    if not isinstance(proxy, dict):
+        raise ConfigError(f"{where}: 'proxy' must map dotted config keys to values")
+    for a, b, other in ((fixed, space, "searched and fixed"), (proxy, space, "searched and in proxy"),
+                        (proxy, fixed, "fixed and in proxy")):
+        both = set(a) & set(b)
+        if both:
+            raise ConfigError(f"{where}: {sorted(both)[0]} is both {other}")
+    for key in proxy:
+        if not str(key).startswith(("data.", "trainer.")):
+            raise ConfigError(f"{where}: proxy key {key}: only data.* and trainer.* keys shape the proxy "
+                              "evaluation (a model key would change what is trained)")
     for name in ("sampler", "pruner"):
         obj = doc.get(name)
         if obj is not None and not (isinstance(obj, dict) and "class_path" in obj
@@ -143,7 +156,7 @@ def load_space(path: str | Path) -> SearchSpace:
             raise ConfigError(f"{where}: '{name}' must be a list of strings such as 'forget/prob:min'")
     params = tuple(parse_param(str(k), v, where) for k, v in space.items())
     return SearchSpace(params, dict(fixed), doc.get("objectives"), doc.get("constraints"), doc.get("sampler"),
-                       doc.get("pruner"), where)
+                       doc.get("pruner"), where, dict(proxy))
 
 
 def build_object(spec: dict, where: str):

@@ -123,7 +123,8 @@ class Plan:
         """What the study was made for (stored with it: a rerun with other objectives or space is refused)."""
         return {"method": self.method, "objectives": [str(o) for o in self.objectives],
                 "constraints": [str(c) for c in self.constraints],
-                "space": {p.key: p.describe() for p in self.space.params}}
+                "space": {p.key: p.describe() for p in self.space.params},
+                **({"proxy": self.space.proxy} if self.space.proxy else {})}
 
 
 def resolve_goals(setting, space: SearchSpace, objectives: list[str] | None,
@@ -383,7 +384,7 @@ def run_sweep(setting, method: str, n_trials: int = 12, mini: int | None = None,
             split, _, key = metric.partition("/")
             reference.setdefault(split, {})[key] = value
     plan = Plan(name, method, directory, storage or f"sqlite:///{directory / 'study.db'}", space, objs, cons, axes,
-                n_trials, dict(setting.proxy), reference, seed,
+                n_trials, {**setting.proxy, **space.proxy}, reference, seed,
                 timeout_min * 60 if timeout_min else None)
     directory.mkdir(parents=True, exist_ok=True)
     study = make_study(plan, heartbeat)
