@@ -437,20 +437,24 @@ def test_the_requantization_audit_evaluates_each_model_merged_and_quantized(rand
         audit_precisions("int4")
 
 
-def test_the_mini_recipe_runs_gd_and_rmu_at_their_searched_points(random_bd_mirror, mcq_model_dir, tmp_path, capsys):
-    """docs/results/frontier.md: the searches' best constrained points are the mini recipe's gd and rmu sections, and
-    a stage's own section wins over the recipe's shared unlearn section (GD: lr 2.3e-4, not 1e-4)."""
+def test_the_mini_recipe_runs_gd_rmu_and_ria_at_their_searched_points(random_bd_mirror, mcq_model_dir, tmp_path,
+                                                                     capsys):
+    """docs/results/frontier.md: the searches' best constrained points are the mini recipe's gd, rmu and ria sections,
+    and a stage's own section wins over the recipe's shared unlearn section (GD: lr 2.3e-4, not 1e-4)."""
     from lit_unlearn.relearning import main
 
-    main(["--mini", "2", "--methods", "rmu,gd", "--out", str(tmp_path / "dry"), "--model", mcq_model_dir, "--dry-run"])
+    main(["--mini", "2", "--methods", "rmu,gd,ria", "--out", str(tmp_path / "dry"), "--model", mcq_model_dir, "--dry-run"])
     out = capsys.readouterr().out
     stages = dict(re.findall(r"^(\w+): run \(fit\)\n((?:  .*\n)+)", out, re.M))
-    assert set(stages) >= {"rmu", "gd"}, out
+    assert set(stages) >= {"rmu", "gd", "ria"}, out
     for key, value in [("lr", "0.0008"), ("steering", "1.45"), ("alpha", "180.0"), ("layer", "5")]:
         assert f"model.init_args.{key} = {value}  (recipe deeb_roger_mini: rmu)" in stages["rmu"], key
     assert "trainer.max_epochs = 6  (recipe deeb_roger_mini: rmu)" in stages["rmu"]
     assert "model.init_args.lr = 0.00023  (recipe deeb_roger_mini: gd)" in stages["gd"]
     assert "model.init_args.retain_weight = 28.0  (recipe deeb_roger_mini: gd)" in stages["gd"]
     assert "trainer.max_epochs = 2  (recipe deeb_roger_mini: gd)" in stages["gd"]
-    assert "(recipe deeb_roger_mini: unlearn)" not in stages["gd"] + stages["rmu"]
+    for key, value in [("lr", "0.000125"), ("retain_weight", "19.55")]:
+        assert f"model.init_args.{key} = {value}  (recipe deeb_roger_mini: ria)" in stages["ria"], key
+    assert "trainer.max_epochs = 4  (recipe deeb_roger_mini: ria)" in stages["ria"]
+    assert "(recipe deeb_roger_mini: unlearn)" not in stages["gd"] + stages["rmu"] + stages["ria"]
     assert not (tmp_path / "dry").exists()  # a dry run writes nothing
