@@ -220,6 +220,10 @@ def test_a_space_s_proxy_section_makes_the_trials_evaluation_cheaper_and_not_the
     assert n_rows(run / "full", "forget_mcq") == learned  # the full evaluation takes the proxy back
     best = (out / "sweeps" / "gd" / "best.yaml").read_text()
     assert "check_val_every_n_epoch: 1" in best and "forget_mcq: 2" not in best
+    # the study remembers its proxy: continuing it with another one is refused, not mixed
+    other = write_space(tmp_path / "gd2.yaml", Path(space).read_text().replace("forget_mcq: 2", "forget_mcq: 3"))
+    with pytest.raises(ConfigError, match="was made with other proxy"):
+        main(sweep_args(out, other, 2, "--model", mcq_model_dir, "--no-constraints"))
 
 
 def start_sweep(args: list[str], log: Path) -> subprocess.Popen:

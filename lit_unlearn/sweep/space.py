@@ -14,8 +14,8 @@ A distribution with ``low`` and ``high`` is an int when both bounds are ints (``
 ``objectives`` / ``constraints`` (:mod:`lit_unlearn.sweep.objectives`), ``fixed`` (dotted keys set in every trial),
 ``proxy`` (dotted keys set in every trial's fit, over the setting's proxy evaluation, and taken back in the full
 evaluation of the frontier and in ``best.yaml``: a cheaper proxy, e.g. ``trainer.check_val_every_n_epoch: 2`` or a
-seeded subset of the evaluation rows, ``data.init_args.max_rows: {forget_mcq: 40}``) and ``sampler`` / ``pruner`` (Optuna objects as ``{class_path, init_args}``). Every mistake is one error naming the
-file and the key.
+seeded subset of the evaluation rows, ``data.init_args.max_rows: {forget_mcq: 40}``) and ``sampler`` / ``pruner``
+(Optuna objects as ``{class_path, init_args}``). Every mistake is one error naming the file and the key.
 """
 
 from __future__ import annotations
