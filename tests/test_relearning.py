@@ -443,7 +443,8 @@ def test_the_mini_recipe_runs_gd_rmu_and_ria_at_their_searched_points(random_bd_
     and a stage's own section wins over the recipe's shared unlearn section (GD: lr 2.3e-4, not 1e-4)."""
     from lit_unlearn.relearning import main
 
-    main(["--mini", "2", "--methods", "rmu,gd,ria", "--out", str(tmp_path / "dry"), "--model", mcq_model_dir, "--dry-run"])
+    main(["--mini", "2", "--methods", "rmu,gd,ria", "--out", str(tmp_path / "dry"), "--model", mcq_model_dir,
+          "--dry-run"])
     out = capsys.readouterr().out
     stages = dict(re.findall(r"^(\w+): run \(fit\)\n((?:  .*\n)+)", out, re.M))
     assert set(stages) >= {"rmu", "gd", "ria"}, out

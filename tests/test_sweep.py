@@ -69,7 +69,8 @@ def test_a_space_file_becomes_typed_distributions(tmp_path):
     ("space: {}", r"'space' must map dotted config keys"),
     ("space: {a.b: {choices: []}}", r"space.a.b.choices must be a non-empty list"),
     ("space: {a.b: {low: 0, high: 1}}\nfixed: {a.b: 2}", r"a.b is both searched and fixed"),
-    ("space: {a.b: {low: 0, high: 1}}\nproxy: {trainer.x: 2}\nfixed: {trainer.x: 1}", r"trainer.x is both fixed and in"),
+    ("space: {a.b: {low: 0, high: 1}}\nproxy: {trainer.x: 2}\nfixed: {trainer.x: 1}",
+     r"trainer.x is both fixed and in"),
     ("space: {a.b: {low: 0, high: 1}}\nproxy: {model.init_args.lr: 1}", r"proxy key model.init_args.lr: only data"),
     ("space: {a.b: {low: 0, high: 1}}\nproxy: [1]", r"'proxy' must map dotted config keys"),
     ("space: [a", r"s.yaml line 1: not valid YAML"),
@@ -426,8 +427,8 @@ def test_every_shipped_search_space_names_real_keys_of_its_method(path, monkeypa
     monkeypatch.setattr(UnlearnCLI, "_run_subcommand", lambda self, subcommand: None)
     configs = [f"{setting.benchmark}/base", *method_configs(setting.benchmark, args.method)]
     values = {p.key: (p.choices[-1] if p.kind == "categorical" else p.high) for p in space.params}
-    flags = [a for k, v in {**values, **space.fixed, **space.proxy}.items() for a in (f"--{k}", json.dumps(v) if not
-                                                                       isinstance(v, str) else v)]
+    flags = [a for k, v in {**values, **space.fixed, **space.proxy}.items()
+             for a in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
     cli = cli_main(expand_config_args(["fit", *(a for c in configs for a in ("--config", c)), *flags]))
     for key, value in values.items():
         section, *rest = key.split(".")
