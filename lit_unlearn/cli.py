@@ -7,6 +7,8 @@ Every ``fit`` run evaluates all splits before and after training (each split run
 names) and writes, next to its TensorBoard events, ``metrics.json`` (run id, status, command, config, package
 versions, metrics before/after, wall time per stage), ``adapter/`` (the adapter alone) and the evaluators' per-row
 records under ``rows/before/`` and ``rows/after/`` (``<split>.<evaluator>.jsonl``, keyed on stable row ids).
+The evaluation before training is also saved as soon as it is done (``eval_before.json``); a fit resumed with
+``--ckpt_path`` reads it back instead of evaluating again, when its model, data and seed are the same.
 ``validate``/``test`` runs write ``eval_metrics.json`` and ``rows/eval/`` the same way.
 
 A fit claims its run directory (:class:`lit_unlearn.runs.RunDirectory`: no second fit at once, no finished run
@@ -104,6 +106,10 @@ def package_versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+#: the evaluation before fit, saved as soon as it is done and read back when the fit is resumed
+BEFORE_FILE = "eval_before.json"
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -393,12 +399,41 @@ class UnlearnCLI(LightningCLI):
             self._claim = RunDirectory(run_dir)
             self._claim.claim(resume=config.get("ckpt_path") is not None, overwrite=config.get("overwrite", False))
         if config.get("eval_before", True):
-            t0 = time.time()
-            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-            self.timings["eval_before"] = round(time.time() - t0, 2)
-            self.before = self.model.last_eval
-            self._write_rows("before")
+            saved = self._saved_before(run_dir) if config.get("ckpt_path") is not None else None
+            if saved is not None:  # a resumed fit: the weights before training are those the first launch scored
+                self.before = self.model.last_eval = saved
+                self.timings["eval_before"] = 0.0
+                if self.trainer.global_rank == 0:
+                    print(f"[lit_unlearn] resumed: the evaluation before fit is read from {run_dir / BEFORE_FILE}")
+            else:
+                t0 = time.time()
+                self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+                self.timings["eval_before"] = round(time.time() - t0, 2)
+                self.before = self.model.last_eval
+                self._write_rows("before")
+                self._record(BEFORE_FILE, {"before": self.before})
         self._fit_t0 = time.time()
+
+    def _saved_before(self, run_dir: Path) -> dict | None:
+        """The evaluation before fit that an earlier launch of this run saved (``eval_before.json``), when it was
+        made with the same model, data and seed as this resumed fit; None otherwise (it is then run again). Rank 0
+        decides and every rank follows, so that all of them skip the collective evaluation or none does."""
+        found = None
+        if self.trainer.global_rank == 0:
+            path = run_dir / BEFORE_FILE
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                saved = None
+            same = ("model", "data", "seed_everything")
+            now = json.loads(json.dumps({k: self._config_dict().get(k) for k in same}, default=str))
+            if saved is not None and {k: (saved.get("config") or {}).get(k) for k in same} == now \
+                    and (run_dir / "rows" / "before").is_dir():
+                found = (saved.get("metrics") or {}).get("before") or None
+            elif path.exists():
+                print(f"[lit_unlearn] {path} was made with another model, data or seed (or is unreadable): "
+                      "evaluating again before fit", file=sys.stderr)
+        return self.trainer.strategy.broadcast(found, src=0)
 
     def after_fit(self) -> None:
         self.timings["fit"] = round(time.time() - self._fit_t0, 2)

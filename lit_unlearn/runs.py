@@ -30,7 +30,7 @@ from lit_unlearn.core.errors import LitUnlearnError
 EXIT_OK, EXIT_ERROR, EXIT_COLLAPSED = 0, 2, 3
 LOCK_NAME = ".lit_unlearn.lock"
 #: what a run writes into its directory; a directory holding any of them holds a run
-RUN_OUTPUTS = ("metrics.json", "adapter", "merged", "rows", "checkpoints")
+RUN_OUTPUTS = ("metrics.json", "eval_before.json", "adapter", "merged", "rows", "checkpoints")
 
 
 class RunDirError(LitUnlearnError):

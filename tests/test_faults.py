@@ -78,6 +78,8 @@ def test_a_signal_saves_the_current_step_exits_nonzero_and_the_run_resumes_to_th
 
     resumed = run("train.py", "fit", "--config", cfg, "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # the evaluation before fit is the first launch's, read back, not run again
+    assert any("resumed: the evaluation before fit is read from" in line for line in lines_of(resumed.stdout))
     whole = npo(tmp_path, tiny_model_dir, data_dir, name="whole")  # uninterrupted, in a process of its own as well
     assert run("train.py", "fit", "--config", whole, cwd=tmp_path).returncode == 0
     a, b = state(run_dir), state(tmp_path / "logs" / "runs" / "whole")
@@ -86,6 +88,29 @@ def test_a_signal_saves_the_current_step_exits_nonzero_and_the_run_resumes_to_th
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     done = json.loads((run_dir / "metrics.json").read_text())
     assert done["status"] == "finished" and done["run_id"] == record["run_id"]  # one run, one id
+    assert done["metrics"]["before"] == record["metrics"]["before"] and done["wall_time_s"]["eval_before"] == 0.0
+
+
+def test_a_resumed_fit_evaluates_again_before_training_when_its_model_or_data_changed(tiny_model_dir, data_dir,
+                                                                                      tmp_path, capsys):
+    cfg = npo(tmp_path, tiny_model_dir, data_dir)
+    assert main(["fit", "--config", cfg]) == 0
+    run_dir = tmp_path / "logs" / "runs" / "run"
+    first = json.loads((run_dir / "eval_before.json").read_text())["metrics"]["before"]
+    assert first and first == json.loads((run_dir / "metrics.json").read_text())["metrics"]["before"]
+    capsys.readouterr()
+    # two more epochs on the same model and data: the saved evaluation is read back
+    assert main(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_epochs", "3"]) == 0
+    out = capsys.readouterr()
+    assert "resumed: the evaluation before fit is read from" in out.out
+    assert json.loads((run_dir / "metrics.json").read_text())["wall_time_s"]["eval_before"] == 0.0
+    # another data config (fewer rows): that evaluation no longer describes this fit, so it runs again
+    assert main(["fit", "--config", cfg, "--ckpt_path", "last", "--trainer.max_epochs", "4",
+                 "--data.init_args.max_rows", "4"]) == 0
+    out = capsys.readouterr()
+    assert "was made with another model, data or seed" in out.err and "read from" not in out.out
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["wall_time_s"]["eval_before"] > 0.0 and record["metrics"]["before"] != first
 
 
 # ---- collapse and NaN protection, on by default ----------------------------------------------------------------------
