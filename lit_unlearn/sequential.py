@@ -62,7 +62,7 @@ def sequence(method: str, requests: list[dict]) -> list[Stage]:
         name = f"seq_{method}/r{r}"
         needs = {**reference, **{f"model.init_args.init_adapter@{k}": a for k, a in enumerate(adapters)}}
         out.append(Stage(name, ("tofu/base", *method_configs("tofu", method)), {"eval_before": False, **request},
-                         kind="unlearn", needs=needs, floor=("finetune", "retain_eval", "prob", 0.5)))
+                         kind="unlearn", method=method, needs=needs, floor=("finetune", "retain_eval", "prob", 0.5)))
         adapters.append(f"{name}:adapter")
         out.append(Stage(f"{name}_seen", ("tofu/base",), {"model": "ScoredModel", **seen(request)},
                          "eval", needs={**reference, **{f"model.init_args.init_adapter@{k}": a

@@ -513,16 +513,22 @@ def test_eval_py_puts_a_plain_model_through_the_tofu_evaluators(tofu_mirror, tin
 
 # ---- the pipeline -------------------------------------------------------------------------------------------------------
 def test_the_mini_recipe_and_the_precedence_of_values(tmp_path):
-    """The mini recipe (lit_unlearn/pipelines/recipes/tofu_mini.yaml) gives LoRA unlearning stages 1e-4 for 10 epochs and GRUN's
-    LoReFT its own 4e-3 for 40 (renjie3/GRUN's recipe); a flag beats the recipe, the recipe beats the configs, and a
-    key set nowhere is the class default - each value reported with its source."""
+    """The mini recipe (lit_unlearn/pipelines/recipes/tofu_mini.yaml) gives LoRA unlearning stages 1e-4 for 10 epochs,
+    NPO+GD its searched point (docs/results/frontier.md) and GRUN's LoReFT its own 4e-3 for 40 (renjie3/GRUN's
+    recipe); a flag beats the recipe, the recipe beats the configs, and a key set nowhere is the class default - each
+    value reported with its source."""
     from lit_unlearn.pipelines.runner import Runner
     from lit_unlearn.tofu import RECIPE, stages
 
-    by_name = {s.name: s for s in stages(["npo_gd", "grun"])}
+    by_name = {s.name: s for s in stages(["npo_gd", "simnpo", "grun"])}
     runner = Runner(tmp_path, RECIPE, settings=("tofu/mini",))
     npo, grun = runner.resolve(by_name["npo_gd"]), runner.resolve(by_name["grun"])
-    assert npo["model.init_args.lr"] == (1.0e-4, "recipe tofu_mini: unlearn") and npo["trainer.max_epochs"][0] == 10
+    simnpo = runner.resolve(by_name["simnpo"])
+    assert simnpo["model.init_args.lr"] == (1.0e-4, "recipe tofu_mini: unlearn")
+    assert simnpo["trainer.max_epochs"] == (10, "recipe tofu_mini: unlearn")
+    searched = {"model.init_args.lr": 8.46e-4, "model.init_args.beta": 0.213, "model.init_args.retain_weight": 4.82,
+                "trainer.max_epochs": 8}
+    assert {k: npo[k] for k in searched} == {k: (v, "recipe tofu_mini: npo_gd") for k, v in searched.items()}
     assert grun["model.init_args.lr"] == (4.0e-3, "recipe tofu_mini: grun") and grun["trainer.max_epochs"][0] == 40
     assert runner.resolve(by_name["finetune"])["model.init_args.lr"] == (1.0e-3, "recipe tofu_mini: learn")
     flagged = Runner(tmp_path, RECIPE, {"unlearn": {"model.init_args.lr": 0.5}}, settings=("tofu/mini",))
@@ -588,7 +594,8 @@ def test_the_tofu_pipeline_runs_from_the_shipped_configs(tofu_mirror, tiny_model
     assert json.loads((out / "summary.json").read_text())["stages"]["npo_gd"]["MU"] == stages["npo_gd"]["MU"]
     # the same values as the hand-written driver this pipeline replaced gave on this tiny setting (issue 21), but
     # for Min-K%++'s AUC, re-pinned when its k became open-unlearning's 0.4 (issue 22; 0.2 gave retain 0.8125 and
-    # tnpo 1.0)
+    # tnpo 1.0), and npo_gd's forget prob / TR, re-pinned when the mini recipe took its searched beta 0.213 and
+    # retain weight 4.82 (issue 23; beta 0.1 and weight 1 gave 0.003055 / 0.96684; the lr and epochs are flags here)
     pinned = json.loads((Path(__file__).parent / "pinned" / "tofu_tiny_summary.json").read_text())
     for stage, row in pinned.items():
         for key, value in row.items():
@@ -658,5 +665,19 @@ def test_sequential_requests_each_unlearned_from_the_previous_result(tofu_mirror
     assert requests_of(3, None) == [{"data.init_args.forget_parts": [r, r, 3]} for r in (1, 2, 3)]
     with pytest.raises(ConfigError, match="give --parts K"):
         requests_of(None, None)
+
+
+def test_a_sequential_request_runs_at_its_methods_recipe_section(tmp_path):
+    """A request's stage (``seq_npo_gd/r1``) takes its method's recipe section (NPO+GD's searched point), as the
+    method's own stage does; a method without a section of its own gets the shared unlearn section."""
+    from lit_unlearn.pipelines.runner import Runner
+    from lit_unlearn.sequential import requests_of, sequence
+    from lit_unlearn.tofu import RECIPE
+
+    runner = Runner(tmp_path, RECIPE, settings=("tofu/mini",))
+    first = next(s for s in sequence("npo_gd", requests_of(2, None)) if s.name == "seq_npo_gd/r1")
+    assert runner.resolve(first)["model.init_args.lr"] == (8.46e-4, "recipe tofu_mini: npo_gd")
+    graddiff = next(s for s in sequence("graddiff", requests_of(2, None)) if s.name == "seq_graddiff/r1")
+    assert runner.resolve(graddiff)["model.init_args.lr"] == (1.0e-4, "recipe tofu_mini: unlearn")
     with pytest.raises(ConfigError, match="'forget02' is not one of"):
         requests_of(None, ["forget01", "forget02"])

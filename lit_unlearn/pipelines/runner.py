@@ -8,7 +8,8 @@ its collapse-guard floor. The :class:`Runner` owns everything else, once for eve
 - **run directories**: ``<out>/<stage>``; a stage that already ended (``metrics.json`` says finished, collapsed or
   diverged) is reused, one stopped by a signal or killed resumes from its ``last.ckpt``;
 - **values, in one place, with one precedence**: command-line flag > setting recipe (its section for the stage by
-  name, then for the stage's method class, e.g. ``PIPrefix``, then for the stage's kind: ``learn`` / ``unlearn``) >
+  name, then for the method config it runs where it is named otherwise, e.g. ``npo_gd`` for ``seq_npo_gd/r1``, then
+  for the stage's method class, e.g. ``PIPrefix``, then for the stage's kind: ``learn`` / ``unlearn``) >
   the stage's configs, last one winning > the class default. :meth:`Runner.resolve` returns each value with where
   it came from, and ``--dry-run`` prints it;
 - **a method's own stages**, declared on the method class, so that no method name appears here: ``prerequisite``
@@ -58,6 +59,9 @@ class Stage:
     needs: Mapping[str, str] = field(default_factory=dict)  # dotted key -> "<stage>:<artifact>"
     floor: tuple[str, str, str, float] | None = None  # (stage, split, metric, factor): the guard's absolute floor
     common: bool = True  # False: the pipeline's common values do not apply (a follow-up on a saved config)
+    #: the method config it runs (``npo_gd``), for a stage named otherwise (``seq_npo_gd/r1``): that recipe section
+    #: applies to it too, between the method class's and the stage name's
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class Runner:
         if not stage.common:
             return {key: (value, "pipeline") for key, value in stage.overrides.items()}
         docs = self.docs(stage)
-        sections = (stage.kind, method_class(docs), stage.name)
+        sections = tuple(dict.fromkeys(x for x in (stage.kind, method_class(docs), stage.method, stage.name) if x))
         layers = [("pipeline", stage.overrides)]
         for section in sections:
             if section in self.recipe:
