@@ -431,8 +431,8 @@ class UnlearnCLI(LightningCLI):
                     and (run_dir / "rows" / "before").is_dir():
                 found = (saved.get("metrics") or {}).get("before") or None
             elif path.exists():
-                print(f"[lit_unlearn] {path} was made with another model, data or seed (or is unreadable): "
-                      "evaluating again before fit", file=sys.stderr)
+                print(f"[lit_unlearn] {path} was made with another model, data or seed (or is unreadable, or "
+                      "rows/before is gone): evaluating again before fit", file=sys.stderr)
         return self.trainer.strategy.broadcast(found, src=0)
 
     def after_fit(self) -> None:
