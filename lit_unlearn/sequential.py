@@ -14,8 +14,9 @@ method's TOFU configs, its forget rows those of request r) starting from the lea
 requests 1..r-1, merged in order; then ``seq_<method>/r<r>_seen`` evaluates that model (the learned and request
 adapters folded into the base: ``ScoredModel``) on every request so far: the forget rows of requests 1..r (forget
 quality against the retain-only model's rows of the same ids), retain, real authors, world facts and the membership
-attacks. The table (``summary.json``, printed as Markdown) and ``sequential.png`` give forget quality, model utility
-and the forget probability against the number of requests, per method.
+attacks. The table (``sequential_summary.json``, beside the TOFU pipeline's ``summary.json``; printed as Markdown)
+and ``sequential.png`` give forget quality, model utility and the forget probability against the number of requests,
+per method.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from lit_unlearn.tofu import COLUMNS as TOFU_COLUMNS, RECIPE, make_runner, stage
 
 COLUMNS = tuple(c for c in TOFU_COLUMNS if c.split in ("tofu", "forget", "mia", "retain_eval"))
 FORGET_SETS = ("forget01", "forget05", "forget10")
+#: the summary's file, beside the TOFU pipeline's own summary.json in the folder both share
+SUMMARY = "sequential_summary.json"
 
 
 def requests_of(parts: int | None, requests: list[str] | None) -> list[dict]:
@@ -85,11 +88,11 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
     runner = make_runner(out, mini, model, seed, flags={"finetune": planned_learn, "retain": planned_learn},
                          dry_run=dry_run)
     runner.run([*tofu_stages([]), *(s for m in methods for s in sequence(m, planned))])
-    summary = runner.summary(COLUMNS, mini=mini, parts=parts, requests=requests, methods=methods)
+    summary = runner.summary(COLUMNS, file=SUMMARY, mini=mini, parts=parts, requests=requests, methods=methods)
     if not dry_run:
         summary["curves"] = curves(summary, methods, len(planned))
         plot(summary, runner.out / "sequential.png")
-        runner.write(summary)
+        runner.write(summary, SUMMARY)
     return summary
 
 
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = run_pipeline([m for m in args.methods.split(",") if m], out, args.mini, args.parts, requests,
                            args.model, args.seed, args.dry_run)
     if not args.dry_run:
-        print("\n" + format_markdown(summary, COLUMNS) + f"\n[lit_unlearn] sequential: {Path(out) / 'summary.json'}, "
+        print("\n" + format_markdown(summary, COLUMNS) + f"\n[lit_unlearn] sequential: {Path(out) / SUMMARY}, "
               f"{Path(out) / 'sequential.png'}")
     return summary
 

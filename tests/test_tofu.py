@@ -662,6 +662,9 @@ def test_sequential_requests_each_unlearned_from_the_previous_result(tofu_mirror
     curve = summary["curves"]["graddiff"]
     assert len(curve["FQ"]) == 3 and curve["MU"][0] == stages["finetune"]["MU"]
     assert (out / "sequential.png").stat().st_size > 1000
+    # its own summary file: the TOFU pipeline's summary.json in the same folder is not replaced
+    assert json.loads((out / "sequential_summary.json").read_text())["curves"] == summary["curves"]
+    assert not (out / "summary.json").exists()
     assert requests_of(3, None) == [{"data.init_args.forget_parts": [r, r, 3]} for r in (1, 2, 3)]
     with pytest.raises(ConfigError, match="give --parts K"):
         requests_of(None, None)
