@@ -24,9 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_unlearn.config_files import method_configs
-from lit_unlearn.pipelines.audit import audit_precisions, audit_stages, export_learned, exporting, recovery
-from lit_unlearn.pipelines.runner import Column, Runner, Stage, config_value, format_markdown as markdown, given, \
-    pipeline_parser
+from lit_unlearn.pipelines.audit import audit_precisions, recovery, run_audit
+from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown as markdown, given, pipeline_parser
 from lit_unlearn.rtt import add_attack_args, parse_floats, run_rtt
 from lit_unlearn.sweep.setting import SweepSetting
 
@@ -86,21 +85,11 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
     of each unlearned model and of the learned one (:mod:`lit_unlearn.pipelines.audit`); returns the summary."""
     flags = {"unlearn": given({"model.init_args.lr": unlearn_lr, "trainer.max_epochs": unlearn_epochs})}
     runner = make_runner(out, mini, model, seed, flags=flags, dry_run=dry_run)
-    planned = stages(methods)
-    if audit:
-        planned = [planned[0], *(exporting(s) for s in planned[1:])]
-    records = runner.run(planned)
+    records = runner.run(stages(methods))
     if dry_run:
         return {"stages": {}}
     if audit:
-        learned = export_learned(runner.out / "learn", model or str(config_value(runner.docs(planned[0]),
-                                                                                  "model.init_args.model")[1]),
-                                 runner.out / "learn" / "adapter")
-        for stage in planned[1:]:
-            for check in audit_stages(runner, stage, audit):
-                runner.run_one(check)
-        for check in audit_stages(runner, planned[1] if len(planned) > 1 else planned[0], audit, str(learned)):
-            runner.run_one(check)
+        run_audit(runner, "learn", methods, audit, model)
     summary = runner.summary(COLUMNS, mini=mini, rtt={"lrs": list(rtt_lrs), "epochs": rtt_epochs, "folds": n_folds},
                              audit=list(audit))
     learned = records["learn"]["metrics"]["after"]["forget_mcq"]["mcq_acc"]

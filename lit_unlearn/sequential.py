@@ -15,8 +15,8 @@ requests 1..r-1, merged in order; then ``seq_<method>/r<r>_seen`` evaluates that
 adapters folded into the base: ``ScoredModel``) on every request so far: the forget rows of requests 1..r (forget
 quality against the retain-only model's rows of the same ids), retain, real authors, world facts and the membership
 attacks. The table (``sequential_summary.json``, beside the TOFU pipeline's ``summary.json``; printed as Markdown)
-and ``sequential.png`` give forget quality, model utility and the forget probability against the number of requests,
-per method.
+and ``sequential.png`` give forget quality, model utility (teacher-forced and generated) and the forget probability
+against the number of requests, per method.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ COLUMNS = tuple(c for c in TOFU_COLUMNS if c.split in ("tofu", "forget", "mia", 
 FORGET_SETS = ("forget01", "forget05", "forget10")
 #: the summary's file, beside the TOFU pipeline's own summary.json in the folder both share
 SUMMARY = "sequential_summary.json"
+#: the plot's panels: column -> title (the teacher-forced utility beside the generated one, which is degenerate where
+#: a mini setting's 10 real-author answers are scored by ROUGE)
+PANELS = {"FQ": "forget quality", "MU tf": "model utility (teacher-forced)", "MU": "model utility (generated)",
+          "f.prob": "forget probability"}
 
 
 def requests_of(parts: int | None, requests: list[str] | None) -> list[dict]:
@@ -112,15 +116,17 @@ def plot(summary: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100)
-    for ax, key in zip(axes, ("FQ", "MU", "f.prob")):
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.6), dpi=100)
+    for ax, key in zip(axes, PANELS):
         for method, curve in summary["curves"].items():
             values = curve[key]
             xs = [i for i, v in enumerate(values) if v is not None]
             ax.plot(xs, [values[i] for i in xs], marker="o", label=method)
         ax.set_xlabel("forget requests so far (0: the learned model)")
-        ax.set_title(key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(PANELS[key])
         if key == "FQ":
             ax.set_yscale("log")
     axes[0].legend(fontsize=7)

@@ -661,6 +661,7 @@ def test_sequential_requests_each_unlearned_from_the_previous_result(tofu_mirror
     assert 0 <= seen["metrics"]["eval"]["tofu"]["forget_quality"] <= 1
     curve = summary["curves"]["graddiff"]
     assert len(curve["FQ"]) == 3 and curve["MU"][0] == stages["finetune"]["MU"]
+    assert curve["MU tf"][2] == seen["metrics"]["eval"]["tofu"]["model_utility_tf"]  # the plot's utility panel
     assert (out / "sequential.png").stat().st_size > 1000
     # its own summary file: the TOFU pipeline's summary.json in the same folder is not replaced
     assert json.loads((out / "sequential_summary.json").read_text())["curves"] == summary["curves"]
@@ -684,3 +685,61 @@ def test_a_sequential_request_runs_at_its_methods_recipe_section(tmp_path):
     assert runner.resolve(graddiff)["model.init_args.lr"] == (1.0e-4, "recipe tofu_mini: unlearn")
     with pytest.raises(ConfigError, match="'forget02' is not one of"):
         requests_of(None, ["forget01", "forget02"])
+
+
+def test_the_tofu_pipeline_adds_the_requantization_audit(tofu_mirror, tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 24's audit as a stage any pipeline adds: after the TOFU fits, the unlearned model and the learned one (the
+    control) are merged and evaluated at int8 and nf4 with the unlearning stage's TOFU evaluators, and the recovery of
+    forget probability and ROUGE is read against full precision; a stage whose adapter cannot be merged is refused."""
+    import yaml
+
+    from lit_unlearn.core.errors import AdapterError
+    from lit_unlearn.pipelines.audit import merged_model, recovery
+    from lit_unlearn.pipelines.runner import format_markdown
+    from lit_unlearn.tofu import AUDITED, COLUMNS, main, run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "tofu_audit"
+    summary = run_pipeline(["graddiff"], out, mini=3, model=tiny_model_dir, learn_lr=1e-2, learn_epochs=1,
+                           unlearn_lr=1e-2, unlearn_epochs=1, audit=("int8", "nf4"))
+    stages = summary["stages"]
+    assert {"finetune", "graddiff", "graddiff_int8", "graddiff_nf4", "finetune_int8", "finetune_nf4"} <= set(stages)
+    for name in ("graddiff", "finetune"):
+        assert (out / name / "merged" / "config.json").is_file()
+    for name, q in (("graddiff_int8", "int8"), ("graddiff_nf4", "nf4"), ("finetune_nf4", "nf4")):
+        record = json.loads((out / name / "eval_metrics.json").read_text())
+        model = record["config"]["model"]
+        assert model["class_path"].endswith("ScoredModel") and model["init_args"]["quantize"] == q
+        assert model["init_args"]["init_adapter"] is None
+        assert Path(model["init_args"]["model"]).parent.name == name.rsplit("_", 1)[0]
+        # the unlearning stage's data: forget quality is read against the retain-only model's rows
+        assert 0 <= stages[name]["FQ"] <= 1 and 0 <= stages[name]["f.prob"] <= 1
+    assert set(AUDITED) == {"f.prob", "f.TR", "f.ROUGE"}
+    for q in ("int8", "nf4"):
+        for field in AUDITED:
+            expected = recovery(stages["finetune"][field], stages["graddiff"][field], stages[f"graddiff_{q}"][field])
+            assert summary["audit_recovery"]["graddiff"][q][field] == expected
+    assert json.loads((out / "summary.json").read_text())["audit_recovery"] == summary["audit_recovery"]
+    # the CPU's teacher-forced audit: its own rows (never the full ones reused), no generation, so no ROUGE recovery
+    tf = run_pipeline(["graddiff"], out, mini=3, model=tiny_model_dir, learn_lr=1e-2, learn_epochs=1,
+                      unlearn_lr=1e-2, unlearn_epochs=1, audit=("int8",), audit_tf=True)
+    forget = json.loads((out / "graddiff_int8_tf" / "eval_metrics.json").read_text())["metrics"]["eval"]["forget"]
+    assert "prob" in forget and "rouge" not in forget
+    assert (out / "finetune_int8_tf" / "eval_metrics.json").is_file()
+    row = tf["stages"]["graddiff_int8_tf"]
+    assert row["f.ROUGE"] is None and 0 <= row["MU tf"] <= 1
+    audit_line = next(x for x in format_markdown(tf, COLUMNS).splitlines() if x.startswith("| graddiff_int8_tf |"))
+    assert audit_line.endswith(f" | - | {row['wall_time_s']['eval']:.0f} |")  # its evaluation time, no fit
+    assert row["f.prob"] == pytest.approx(stages["graddiff_int8"]["f.prob"], abs=1e-5)  # the same scoring
+    assert tf["audit_recovery"]["graddiff"]["int8"] == {
+        **{f: recovery(stages["finetune"][f], stages["graddiff"][f], row[f]) for f in ("f.prob", "f.TR")},
+        "f.ROUGE": None}
+    # a prefix cannot be folded into weights: one error naming the adapter
+    run = tmp_path / "prefix_run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps({"adapter_type": "Prefix", "length": 2}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"model": str(tiny_model_dir)}}}))
+    with pytest.raises(AdapterError, match="holds a Prefix adapter, which cannot be merged"):
+        merged_model(run)
+    with pytest.raises(ConfigError, match="--audit int4: 'int4' is not a precision"):
+        main(["--mini", "3", "--audit", "int4", "--dry-run"])

@@ -446,6 +446,11 @@ def _cell(column: Column, value, width: int = 0) -> str:
     return f"{text:>{width}}" if width else text
 
 
+def eval_seconds(wall: Mapping[str, float]) -> float | None:
+    """A row's evaluation time: after fit, or an evaluation-only run's own (the audit's, a sequential request's)."""
+    return wall.get("eval_after", wall.get("eval"))
+
+
 def format_table(summary: dict, columns: tuple[Column, ...]) -> str:
     """The terminal table: one line per stage, and a ``tripped`` line for a run the guard stopped."""
     widths = [max(11, len(c.label) + 2) for c in columns]
@@ -455,7 +460,7 @@ def format_table(summary: dict, columns: tuple[Column, ...]) -> str:
     for stage, row in summary["stages"].items():
         wall = row["wall_time_s"]
         lines.append(f"{stage:<12}" + "".join(_cell(c, row.get(c.field), w) for c, w in zip(columns, widths))
-                     + _cell(seconds, wall.get("fit"), 8) + _cell(seconds, wall.get("eval_after"), 8)
+                     + _cell(seconds, wall.get("fit"), 8) + _cell(seconds, eval_seconds(wall), 8)
                      + ("" if row["status"] == "finished" else f"  ({row['status']})"))
         if "collapsed" in row:
             lines.append(f"{'  tripped':<12}" + "".join(_cell(c, row["collapsed"].get(c.field), w)
@@ -467,6 +472,7 @@ def format_table(summary: dict, columns: tuple[Column, ...]) -> str:
 def format_markdown(summary: dict, columns: tuple[Column, ...], names: Mapping[str, str] | None = None) -> str:
     """The summary as a Markdown table (docs/results): one row per stage (``names``: a stage's row title), and for a
     run the collapse guard stopped, a row with what the collapsed model scored when the guard tripped."""
+    seconds = Column(None, "", "", ".0f")
     lines = ["| stage | " + " | ".join(c.label for c in columns) + " | fit s | eval s |",
              "|---" * (len(columns) + 3) + "|"]
     for stage, row in summary["stages"].items():
@@ -474,7 +480,7 @@ def format_markdown(summary: dict, columns: tuple[Column, ...], names: Mapping[s
         name = (names or {}).get(stage, stage)
         name = name if row["status"] == "finished" else f"{name} ({row['status']}: restored)"
         lines.append(f"| {name} | " + " | ".join(_cell(c, row.get(c.field)) for c in columns)
-                     + f" | {wall.get('fit', 0):.0f} | {wall.get('eval_after', 0):.0f} |")
+                     + f" | {_cell(seconds, wall.get('fit'))} | {_cell(seconds, eval_seconds(wall))} |")
         if "collapsed" in row:
             tripped = row["collapsed"]
             lines.append(f"| {stage} at the trip (step {tripped['step']}) | "
