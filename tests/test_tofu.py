@@ -745,5 +745,9 @@ def test_the_tofu_pipeline_adds_the_requantization_audit(tofu_mirror, tiny_model
     (run / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"model": str(tiny_model_dir)}}}))
     with pytest.raises(AdapterError, match="holds a Prefix adapter, which cannot be merged"):
         merged_model(run)
+    (run / "adapter" / "adapter_config.json").unlink()
+    (run / "adapter").rmdir()  # a full-parameter run: no adapter to fold in
+    with pytest.raises(AdapterError, match="is not a saved adapter"):
+        merged_model(run)
     with pytest.raises(ConfigError, match="--audit int4: 'int4' is not a precision"):
         main(["--mini", "3", "--audit", "int4", "--dry-run"])

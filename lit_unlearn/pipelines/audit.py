@@ -74,6 +74,9 @@ def merged_model(run_dir: str | Path, model: str | None = None) -> Path:
     start = args.get("init_adapter")
     chain = [*([start] if isinstance(start, str) else start or []), str(run_dir / "adapter")]
     for path in chain:
+        if not Path(path).is_dir():
+            raise AdapterError(f"--audit: {path} is not a saved adapter; a run that trained the full model needs "
+                               "export_merged: true to be audited")
         if saved_adapter_type(path) != "LoRA":
             raise AdapterError(f"--audit: {path} holds a {saved_adapter_type(path)} adapter, which cannot be merged "
                                "into the base's weights (only LoRA can); audit LoRA stages only")
@@ -89,6 +92,10 @@ def run_audit(runner: Runner, learned: str, unlearned: list[str], precisions: tu
     ``learned`` stage (the control) merged (:func:`merged_model`) and evaluated at each precision, in
     ``<out>/<stage>_<precision><suffix>`` (``overrides``: over the stages' saved configs); finished evaluations are
     reused."""
+    from lit_unlearn.core.errors import ConfigError
+
+    if not unlearned:
+        raise ConfigError("--audit needs at least one unlearning stage (--methods)")
     stages = [Stage(name, (str(runner.out / name / "config.yaml"),)) for name in unlearned]
     for stage in stages:
         merged_model(runner.out / stage.name, model)
