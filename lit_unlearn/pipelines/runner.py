@@ -446,6 +446,10 @@ def _cell(column: Column, value, width: int = 0) -> str:
     return f"{text:>{width}}" if width else text
 
 
+#: the tables' fit and evaluation seconds
+SECONDS = Column(None, "", "", ".0f")
+
+
 def eval_seconds(wall: Mapping[str, float]) -> float | None:
     """A row's evaluation time: after fit, or an evaluation-only run's own (the audit's, a sequential request's)."""
     return wall.get("eval_after", wall.get("eval"))
@@ -454,13 +458,12 @@ def eval_seconds(wall: Mapping[str, float]) -> float | None:
 def format_table(summary: dict, columns: tuple[Column, ...]) -> str:
     """The terminal table: one line per stage, and a ``tripped`` line for a run the guard stopped."""
     widths = [max(11, len(c.label) + 2) for c in columns]
-    seconds = Column(None, "", "", ".0f")
     lines = [f"{'stage':<12}" + "".join(f"{c.label:>{w}}" for c, w in zip(columns, widths))
              + f"{'fit s':>8}{'eval s':>8}"]
     for stage, row in summary["stages"].items():
         wall = row["wall_time_s"]
         lines.append(f"{stage:<12}" + "".join(_cell(c, row.get(c.field), w) for c, w in zip(columns, widths))
-                     + _cell(seconds, wall.get("fit"), 8) + _cell(seconds, eval_seconds(wall), 8)
+                     + _cell(SECONDS, wall.get("fit"), 8) + _cell(SECONDS, eval_seconds(wall), 8)
                      + ("" if row["status"] == "finished" else f"  ({row['status']})"))
         if "collapsed" in row:
             lines.append(f"{'  tripped':<12}" + "".join(_cell(c, row["collapsed"].get(c.field), w)
@@ -472,7 +475,6 @@ def format_table(summary: dict, columns: tuple[Column, ...]) -> str:
 def format_markdown(summary: dict, columns: tuple[Column, ...], names: Mapping[str, str] | None = None) -> str:
     """The summary as a Markdown table (docs/results): one row per stage (``names``: a stage's row title), and for a
     run the collapse guard stopped, a row with what the collapsed model scored when the guard tripped."""
-    seconds = Column(None, "", "", ".0f")
     lines = ["| stage | " + " | ".join(c.label for c in columns) + " | fit s | eval s |",
              "|---" * (len(columns) + 3) + "|"]
     for stage, row in summary["stages"].items():
@@ -480,7 +482,7 @@ def format_markdown(summary: dict, columns: tuple[Column, ...], names: Mapping[s
         name = (names or {}).get(stage, stage)
         name = name if row["status"] == "finished" else f"{name} ({row['status']}: restored)"
         lines.append(f"| {name} | " + " | ".join(_cell(c, row.get(c.field)) for c in columns)
-                     + f" | {_cell(seconds, wall.get('fit'))} | {_cell(seconds, eval_seconds(wall))} |")
+                     + f" | {_cell(SECONDS, wall.get('fit'))} | {_cell(SECONDS, eval_seconds(wall))} |")
         if "collapsed" in row:
             tripped = row["collapsed"]
             lines.append(f"| {stage} at the trip (step {tripped['step']}) | "
