@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_unlearn.config_files import method_configs
-from lit_unlearn.pipelines.audit import audit_precisions, recovery, run_audit
+from lit_unlearn.pipelines.audit import audit_precisions, audit_recovery, run_audit
 from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown as markdown, given, pipeline_parser
 from lit_unlearn.rtt import add_attack_args, parse_floats, run_rtt
 from lit_unlearn.sweep.setting import SweepSetting
@@ -94,9 +94,7 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/deeb_roger_r
                              audit=list(audit))
     learned = records["learn"]["metrics"]["after"]["forget_mcq"]["mcq_acc"]
     if audit:  # the share of the forgotten forget accuracy each precision brings back (against full precision)
-        rows = summary["stages"]
-        summary["audit_recovery"] = {m: {q: recovery(rows["learn"]["forget"], rows[m]["forget"],
-                                                     rows[f"{m}_{q}"]["forget"]) for q in audit} for m in methods}
+        summary["audit_recovery"] = audit_recovery(summary["stages"], "learn", methods, audit, ("forget",))
     learn_adapter = str(runner.out / "learn" / "adapter")
     for name in ((["learn"] if control else []) + methods) if rtt_lrs else []:
         adapters = [learn_adapter, *([str(runner.out / name / "adapter")] if name != "learn" else [])]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lit_unlearn.config_files import method_configs
-from lit_unlearn.pipelines.audit import audit_precisions, recovery, run_audit
+from lit_unlearn.pipelines.audit import audit_precisions, audit_recovery, run_audit
 from lit_unlearn.pipelines.runner import Column, Runner, Stage, format_markdown, format_table, given, pipeline_parser
 from lit_unlearn.sweep.setting import SweepSetting
 
@@ -70,14 +70,10 @@ def run_pipeline(methods: list[str], out: str | Path = "checkpoints/tofu_run", m
     if audit and not dry_run:
         run_audit(runner, "finetune", methods, audit, model,
                   {"data.init_args.evaluators": PROXY_EVALUATORS} if audit_tf else None, suffix)
-    summary = runner.summary(COLUMNS, PER_SPLIT, mini=mini, audit=list(audit), audit_tf=audit_tf)
+    summary = runner.summary(COLUMNS, PER_SPLIT, write=False, mini=mini, audit=list(audit), audit_tf=audit_tf)
     if audit and not dry_run:  # the share of what unlearning removed that each precision brings back
-        rows = summary["stages"]
-        summary["audit_recovery"] = {
-            m: {q: {field: recovery(rows["finetune"][field], rows[m][field], rows[f"{m}_{q}{suffix}"][field])
-                    for field in AUDITED} for q in audit} for m in methods}
-        runner.write(summary)
-    return summary
+        summary["audit_recovery"] = audit_recovery(summary["stages"], "finetune", methods, audit, AUDITED, suffix)
+    return runner.write(summary)
 
 
 #: the sweep's view of this pipeline (lit_unlearn.sweep): forget quality as high as it goes while the teacher-forced

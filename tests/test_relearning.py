@@ -431,7 +431,7 @@ def test_the_requantization_audit_evaluates_each_model_merged_and_quantized(rand
         assert 0 <= stages[name]["forget"] <= 1
     for q in ("int8", "nf4"):
         expected = recovery(stages["learn"]["forget"], stages["gd"]["forget"], stages[f"gd_{q}"]["forget"])
-        assert summary["audit_recovery"]["gd"][q] == expected
+        assert summary["audit_recovery"]["gd"][q] == {"forget": expected}
     assert recovery(0.9, 0.3, 0.6) == pytest.approx(0.5) and recovery(0.9, 0.9, 0.6) is None
     with pytest.raises(Exception, match="--audit int4: 'int4' is not a precision"):
         audit_precisions("int4")

@@ -114,3 +114,11 @@ def recovery(learned: float | None, unlearned: float | None, quantized: float | 
         return None
     gap = learned - unlearned
     return None if abs(gap) < min_gap else (quantized - unlearned) / gap
+
+
+def audit_recovery(rows: dict, learned: str, methods: list[str], precisions: tuple[str, ...],
+                   fields: tuple[str, ...], suffix: str = "") -> dict:
+    """``summary["audit_recovery"]``: method -> precision -> field -> :func:`recovery`, read from a summary's
+    ``rows`` (``summary["stages"]``: the learned row, each method's, and each audit row ``<method>_<q><suffix>``)."""
+    return {m: {q: {f: recovery(rows[learned][f], rows[m][f], rows[f"{m}_{q}{suffix}"][f]) for f in fields}
+                for q in precisions} for m in methods}

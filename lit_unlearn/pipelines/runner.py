@@ -369,17 +369,19 @@ class Runner:
         return "\n".join(lines)
 
     def summary(self, columns: tuple[Column, ...], per_split: Mapping[str, str] | None = None,
-                rows: Mapping[str, tuple[str, str]] | None = None, file: str = "summary.json", **extra) -> dict:
+                rows: Mapping[str, tuple[str, str]] | None = None, file: str = "summary.json", write: bool = True,
+                **extra) -> dict:
         """The declared columns of every stage run so far (``rows``: instead, row name -> (stage, ``after`` or
         ``before``), e.g. the poisoned model as the first unlearning stage saw it before fit), written to
-        ``<out>/<file>``."""
+        ``<out>/<file>`` (``write=False``: by the caller's :meth:`write`, once it has added what it reads from the
+        rows)."""
         from lit_unlearn.cli import package_versions
 
         rows = rows or {name: (name, "after") for name in self.records}
         summary = {"stages": {row: summarize(self.records[name], columns, per_split, which)
                               for row, (name, which) in rows.items() if name in self.records},
                    **extra, "versions": package_versions()}
-        return self.write(summary, file)  # adds the wall time
+        return self.write(summary, file) if write else summary  # write adds the wall time
 
     def write(self, summary: dict, file: str = "summary.json") -> dict:
         """``summary`` to ``<out>/<file>`` (atomic; not in a dry run), its wall time brought up to date; a pipeline
