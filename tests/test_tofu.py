@@ -514,13 +514,13 @@ def test_eval_py_puts_a_plain_model_through_the_tofu_evaluators(tofu_mirror, tin
 # ---- the pipeline -------------------------------------------------------------------------------------------------------
 def test_the_mini_recipe_and_the_precedence_of_values(tmp_path):
     """The mini recipe (lit_unlearn/pipelines/recipes/tofu_mini.yaml) gives LoRA unlearning stages 1e-4 for 10 epochs,
-    NPO+GD and SimNPO their searched points (docs/results/frontier.md) and GRUN's LoReFT its own 4e-3 for 40 (renjie3/GRUN's
-    recipe); a flag beats the recipe, the recipe beats the configs, and a key set nowhere is the class default - each
-    value reported with its source."""
+    NPO+GD, SimNPO and TNPO their searched points (docs/results/frontier.md) and GRUN's LoReFT its own 4e-3 for 40
+    (renjie3/GRUN's recipe); a flag beats the recipe, the recipe beats the configs, and a key set nowhere is the class
+    default - each value reported with its source."""
     from lit_unlearn.pipelines.runner import Runner
     from lit_unlearn.tofu import RECIPE, stages
 
-    by_name = {s.name: s for s in stages(["npo_gd", "simnpo", "graddiff", "grun"])}
+    by_name = {s.name: s for s in stages(["npo_gd", "simnpo", "tnpo", "graddiff", "grun"])}
     runner = Runner(tmp_path, RECIPE, settings=("tofu/mini",))
     npo, grun = runner.resolve(by_name["npo_gd"]), runner.resolve(by_name["grun"])
     graddiff = runner.resolve(by_name["graddiff"])
@@ -533,6 +533,10 @@ def test_the_mini_recipe_and_the_precedence_of_values(tmp_path):
     searched = {"model.init_args.lr": 1.92e-3, "model.init_args.beta": 2.266, "model.init_args.forget_weight": 0.568,
                 "model.init_args.retain_weight": 0.349, "trainer.max_epochs": 4}
     assert {k: simnpo[k] for k in searched} == {k: (v, "recipe tofu_mini: simnpo") for k, v in searched.items()}
+    tnpo = runner.resolve(by_name["tnpo"])
+    searched = {"model.init_args.lr": 2.22e-3, "model.init_args.beta": 1.780, "model.init_args.retain": "nll",
+                "model.init_args.retain_weight": 4.509, "trainer.max_epochs": 8}
+    assert {k: tnpo[k] for k in searched} == {k: (v, "recipe tofu_mini: tnpo") for k, v in searched.items()}
     assert grun["model.init_args.lr"] == (4.0e-3, "recipe tofu_mini: grun") and grun["trainer.max_epochs"][0] == 40
     assert runner.resolve(by_name["finetune"])["model.init_args.lr"] == (1.0e-3, "recipe tofu_mini: learn")
     flagged = Runner(tmp_path, RECIPE, {"unlearn": {"model.init_args.lr": 0.5}}, settings=("tofu/mini",))
