@@ -522,21 +522,19 @@ def test_the_mini_recipe_and_the_precedence_of_values(tmp_path):
 
     by_name = {s.name: s for s in stages(["npo_gd", "simnpo", "tnpo", "graddiff", "grun"])}
     runner = Runner(tmp_path, RECIPE, settings=("tofu/mini",))
-    npo, grun = runner.resolve(by_name["npo_gd"]), runner.resolve(by_name["grun"])
-    graddiff = runner.resolve(by_name["graddiff"])
+    grun, graddiff = runner.resolve(by_name["grun"]), runner.resolve(by_name["graddiff"])
     assert graddiff["model.init_args.lr"] == (1.0e-4, "recipe tofu_mini: unlearn")
     assert graddiff["trainer.max_epochs"] == (10, "recipe tofu_mini: unlearn")
-    searched = {"model.init_args.lr": 8.46e-4, "model.init_args.beta": 0.213, "model.init_args.retain_weight": 4.82,
-                "trainer.max_epochs": 8}
-    assert {k: npo[k] for k in searched} == {k: (v, "recipe tofu_mini: npo_gd") for k, v in searched.items()}
-    simnpo = runner.resolve(by_name["simnpo"])
-    searched = {"model.init_args.lr": 1.92e-3, "model.init_args.beta": 2.266, "model.init_args.forget_weight": 0.568,
-                "model.init_args.retain_weight": 0.349, "trainer.max_epochs": 4}
-    assert {k: simnpo[k] for k in searched} == {k: (v, "recipe tofu_mini: simnpo") for k, v in searched.items()}
-    tnpo = runner.resolve(by_name["tnpo"])
-    searched = {"model.init_args.lr": 2.22e-3, "model.init_args.beta": 1.780, "model.init_args.retain": "nll",
-                "model.init_args.retain_weight": 4.509, "trainer.max_epochs": 8}
-    assert {k: tnpo[k] for k in searched} == {k: (v, "recipe tofu_mini: tnpo") for k, v in searched.items()}
+    searched = {"npo_gd": {"model.init_args.lr": 8.46e-4, "model.init_args.beta": 0.213,
+                           "model.init_args.retain_weight": 4.82, "trainer.max_epochs": 8},
+                "simnpo": {"model.init_args.lr": 1.92e-3, "model.init_args.beta": 2.266,
+                           "model.init_args.forget_weight": 0.568, "model.init_args.retain_weight": 0.349,
+                           "trainer.max_epochs": 4},
+                "tnpo": {"model.init_args.lr": 2.22e-3, "model.init_args.beta": 1.780, "model.init_args.retain": "nll",
+                         "model.init_args.retain_weight": 4.509, "trainer.max_epochs": 8}}
+    for name, values in searched.items():
+        resolved = runner.resolve(by_name[name])
+        assert {k: resolved[k] for k in values} == {k: (v, f"recipe tofu_mini: {name}") for k, v in values.items()}
     assert grun["model.init_args.lr"] == (4.0e-3, "recipe tofu_mini: grun") and grun["trainer.max_epochs"][0] == 40
     assert runner.resolve(by_name["finetune"])["model.init_args.lr"] == (1.0e-3, "recipe tofu_mini: learn")
     flagged = Runner(tmp_path, RECIPE, {"unlearn": {"model.init_args.lr": 0.5}}, settings=("tofu/mini",))
